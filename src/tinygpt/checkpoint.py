@@ -1,0 +1,138 @@
+"""Checkpoints: the only way model state goes to and comes from disk.
+
+A run directory holds `config.json`, `metrics.jsonl` and `checkpoints/step-NNNNNNNN/`, each
+checkpoint a folder of `model.safetensors` (weights; loading never unpickles code) and
+`meta.json` (format, step, config, tokenizer, metrics). A checkpoint is written in a hidden
+temporary folder, fsynced and renamed into place, so a crash at any instant leaves every
+complete checkpoint loadable; half-written ones are never picked up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+from torch import nn
+
+from tinygpt.config import RunConfig
+from tinygpt.errors import UserError
+from tinygpt.models import build_model
+from tinygpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
+
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})$")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    config: RunConfig
+    tokenizer: CharTokenizer
+    model: nn.Module
+    metrics: dict[str, Any]
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    config: RunConfig,
+    tokenizer: Tokenizer,
+    metrics: dict[str, Any],
+) -> Path:
+    """Write checkpoints/step-N atomically and return its path."""
+    parent = checkpoints_dir(run_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+    try:
+        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        meta = {
+            "format": FORMAT_VERSION,
+            "step": step,
+            "config": config.to_dict(),
+            "tokenizer": tokenizer.to_dict(),
+            "metrics": metrics,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step (e.g. the final one): swap the old one out
+            shutil.rmtree(final)
+        tmp.rename(final)
+        _fsync_dir(parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.iterdir():
+        with path.open("rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are skipped)."""
+    parent = checkpoints_dir(run_dir)
+    if not parent.is_dir():
+        return []
+    found = [p for p in parent.iterdir() if CHECKPOINT_NAME.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint folder itself, or the newest checkpoint of a run directory."""
+    if not path.exists():
+        raise UserError(f"no such run directory: {path}")
+    if (path / "meta.json").is_file() and (path / "model.safetensors").is_file():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise UserError(f"{path} is not a tinygpt run directory (it holds no checkpoint)")
+    return found[-1]
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load a checkpoint (or a run's newest one): config, tokenizer and model weights."""
+    folder = find_checkpoint(path)
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        config = RunConfig.from_dict(meta["config"])
+        tokenizer = tokenizer_from_dict(meta["tokenizer"])
+        step, metrics = int(meta["step"]), dict(meta.get("metrics", {}))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read checkpoint {folder}: {exc}") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {folder} has unsupported format {meta.get('format')!r}")
+    model = build_model(config.model, tokenizer.vocab_size)
+    try:
+        safetensors.torch.load_model(model, str(folder / "model.safetensors"), device="cpu")
+    except (OSError, RuntimeError, safetensors.SafetensorError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"checkpoint {folder} does not match its config: {first_line}") from None
+    return Checkpoint(folder, step, config, tokenizer, model, metrics)

@@ -1,0 +1,188 @@
+"""The `tinygpt` command line: data, inspect, train, sample.
+
+Every config field is an option (`--section.field VALUE`) generated from the dataclasses, so
+`--help` is always complete. A user's mistake ends in one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tinygpt.config import field_types, parse_value, preset_names, resolve, section_types
+from tinygpt.errors import UserError
+
+SHORTCUTS = {  # short flag -> (config key, metavar, help)
+    "--data": ("data.dataset", "NAME|FILE", "registered corpus or UTF-8 text file"),
+    "--steps": ("train.steps", "N", "optimizer steps"),
+    "--seed": ("train.seed", "N", "seed for weights, batches and sampling"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see `{self.prog} --help`)")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"tinygpt: error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def converter(kind: type) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        return parse_value(kind, text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error message
+    return convert
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One `--section.field` option per config field, and the short aliases."""
+    for flag, (key, metavar, help_text) in SHORTCUTS.items():
+        section, name = key.split(".")
+        kind = field_types(section_types()[section])[name]
+        parser.add_argument(
+            flag, dest=key, type=converter(kind), metavar=metavar,
+            default=argparse.SUPPRESS, help=f"{help_text} (same as --{key})",
+        )  # fmt: skip
+    for section, section_cls in section_types().items():
+        group = parser.add_argument_group(f"{section} options")
+        kinds = field_types(section_cls)
+        for f in dataclasses.fields(section_cls):
+            group.add_argument(
+                f"--{section}.{f.name}", dest=f"{section}.{f.name}", type=converter(kinds[f.name]),
+                metavar=kinds[f.name].__name__.upper(), default=argparse.SUPPRESS,
+                help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
+            )  # fmt: skip
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The dotted options given on the command line, as a nested dict."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="tinygpt", description=__doc__.splitlines()[0], allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    data = commands.add_parser("data", help="download a corpus, or list the registry", allow_abbrev=False)
+    data.add_argument("name", nargs="?", help="registered corpus name (none: list them)")
+    data.add_argument("--from", dest="source", type=Path, metavar="FILE",
+                      help="take a local copy instead of downloading (the checksum is verified)")  # fmt: skip
+
+    inspect = commands.add_parser("inspect", help="walk through the notebook's data steps", allow_abbrev=False)
+    inspect.add_argument("--data", default="tinyshakespeare", metavar="NAME|FILE", help="corpus")
+    inspect.add_argument("--block-size", type=int, default=8, help="context length (default: 8)")
+    inspect.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
+    inspect.add_argument("--seed", type=int, default=1337, help="batch seed (default: 1337)")
+
+    train = commands.add_parser("train", help="train a model into a run directory", allow_abbrev=False)
+    train.add_argument("--preset", choices=preset_names(), help="a shipped preset (configs/)")
+    train.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
+    train.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/NAME-TIME)")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    add_config_options(train)
+
+    sample = commands.add_parser("sample", help="generate text from a trained run", allow_abbrev=False)
+    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory or checkpoint")
+    sample.add_argument("--prompt", default="", help="text to continue (default: token 0, a newline)")
+    sample.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (default: 500)")
+    sample.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default: 1.0)")
+    sample.add_argument("--seed", type=int, default=1337, help="sampling seed (default: 1337)")
+    sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
+    return parser
+
+
+def run_data(args: argparse.Namespace) -> None:
+    from tinygpt import data
+
+    if args.name is None:
+        print(f"cache: {data.cache_home()}")
+        for corpus in data.CORPORA.values():
+            state = "cached" if data.corpus_cache_path(corpus).exists() else "not downloaded"
+            print(f"{corpus.name:<16} {state:<15} {corpus.description}\n{'':<16} {corpus.url}")
+        return
+    if args.name not in data.CORPORA:
+        fail(f"unknown corpus {args.name!r} (known: {', '.join(data.CORPORA)})")
+    corpus = data.CORPORA[args.name]
+    if args.source is not None:
+        path = data.import_local_copy(corpus, args.source)
+    else:
+        path = data.resolve_corpus(args.name)
+    print(path)
+
+
+def run_inspect(args: argparse.Namespace) -> None:
+    from tinygpt.config import DataConfig
+    from tinygpt.walkthrough import inspect_corpus
+
+    if args.block_size < 1 or args.batch_size < 1 or args.seed < 0:
+        fail("--block-size and --batch-size must be at least 1, --seed not negative")
+    inspect_corpus(DataConfig(dataset=args.data), args.block_size, args.batch_size, args.seed, sys.stdout)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from tinygpt.train import train
+
+    config = resolve(args.preset, args.config, config_overrides(args))
+    name = args.preset or (args.config.stem if args.config else config.model.arch)
+    run_dir = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    final = train(config, run_dir, overwrite=args.overwrite)
+    print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
+    print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
+
+
+def run_sample(args: argparse.Namespace) -> None:
+    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.generate import stream_text
+
+    checkpoint = load_checkpoint(args.run_dir)
+    pieces = stream_text(
+        checkpoint.model, checkpoint.tokenizer, args.prompt, args.max_new_tokens,
+        checkpoint.config.model.block_size, args.temperature, args.seed,
+    )  # fmt: skip
+    text = [args.prompt]
+    sys.stdout.write(args.prompt)
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+        text.append(piece)
+    sys.stdout.write("\n")
+    if args.output is not None:
+        write_text(args.output, "".join(text) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+COMMANDS = {"data": run_data, "inspect": run_inspect, "train": run_train, "sample": run_sample}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        print("tinygpt: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # e.g. `tinygpt sample RUN | head`
+        sys.exit(0)

@@ -1,0 +1,204 @@
+"""Run configuration: one typed dataclass per concern, presets, overrides and validation.
+
+Precedence: dataclass defaults < preset (`--preset NAME` or `--config FILE.toml`) < overrides
+such as `--model.block_size 16`. Every value is checked when the dataclasses are built, so a
+config that exists is a valid one. Derived values (the vocabulary size) are not config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tinygpt.errors import UserError
+
+MODEL_ARCHS = ("bigram",)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def option(default: Any, help: str) -> Any:
+    """A dataclass field whose help text shows up in `--help`."""
+    return field(default=default, metadata={"help": help})
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = option("tinyshakespeare", "registered corpus name or path of a UTF-8 text file")
+    tokenizer: str = option("char", "tokenizer kind (char: one token per character)")
+    val_fraction: float = option(0.1, "fraction of the corpus, taken from its end, used as val")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.dataset), "data.dataset must not be empty")
+        _require(self.tokenizer == "char", f"unknown tokenizer {self.tokenizer!r} (known: char)")
+        _require(0 < self.val_fraction < 1, "data.val_fraction must be between 0 and 1")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = option("bigram", f"model architecture ({', '.join(MODEL_ARCHS)})")
+    block_size: int = option(8, "context length in tokens")
+
+    def __post_init__(self) -> None:
+        _require(self.arch in MODEL_ARCHS, f"unknown model.arch {self.arch!r} ({MODEL_ARCHS})")
+        _require(self.block_size >= 1, "model.block_size must be at least 1")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(1e-3, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay on matrices (not on biases or norms)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.999, "AdamW beta2")
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optim.lr must be positive")
+        _require(self.weight_decay >= 0, "optim.weight_decay must not be negative")
+        for name in ("beta1", "beta2"):
+            _require(0 <= getattr(self, name) < 1, f"optim.{name} must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = option(10_000, "optimizer steps to train for")
+    batch_size: int = option(32, "sequences per step")
+    eval_interval: int = option(1000, "evaluate train and val loss every this many steps")
+    eval_batches: int = option(200, "fixed batches per split in each evaluation")
+    log_interval: int = option(100, "write a training line to metrics.jsonl every this many steps")
+    seed: int = option(1337, "seed for weights, batches and sampling")
+    device: str = option("auto", f"device ({', '.join(DEVICES)}, or cuda:N)")
+    sample_tokens: int = option(500, "tokens of text to print after training (0: none)")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_interval", "eval_batches", "log_interval"):
+            _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
+        _require(self.seed >= 0, "train.seed must not be negative")
+        _require(self.sample_tokens >= 0, "train.sample_tokens must not be negative")
+        known = self.device in DEVICES or self.device.startswith("cuda:")
+        _require(known, f"unknown train.device {self.device!r} ({', '.join(DEVICES)}, cuda:N)")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Build and validate a config; unknown sections or keys are an error."""
+        sections = section_types()
+        for name in values:
+            _require(name in sections, f"unknown config section {name!r} (known: {', '.join(sections)})")
+        parts = {}
+        for name, section_cls in sections.items():
+            given = values.get(name, {})
+            _require(isinstance(given, dict), f"config section {name!r} must be a table")
+            parts[name] = _build_section(name, section_cls, given)
+        return cls(**parts)
+
+
+def section_types() -> dict[str, type]:
+    """The config sections by name, in order: {'data': DataConfig, ...}."""
+    return {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # type: ignore[misc]
+
+
+def field_types(section_cls: type) -> dict[str, type]:
+    """The type of each field of a section dataclass, e.g. {'steps': int, ...}."""
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _build_section(name: str, section_cls: type, given: dict[str, Any]) -> Any:
+    types = field_types(section_cls)
+    values = {}
+    for key, value in given.items():
+        _require(key in types, f"unknown option {name}.{key} (known: {', '.join(types)})")
+        values[key] = _check_type(f"{name}.{key}", types[key], value)
+    return section_cls(**values)
+
+
+def _check_type(key: str, kind: type, value: Any) -> Any:
+    """Accept a value of the field's type (an int where a float is wanted, too)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    _require(ok, f"{key} must be of type {kind.__name__}, got {value!r}")
+    if kind is float:
+        _require(math.isfinite(value), f"{key} must be a finite number, got {value!r}")
+    return value
+
+
+def parse_value(kind: type, text: str) -> Any:
+    """Turn a command-line string into a value of a field's type."""
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    return kind(text)
+
+
+def preset_names() -> list[str]:
+    """The presets that ship with tinygpt."""
+    folder = resources.files("tinygpt") / "configs"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The values of a shipped preset, as a nested dict."""
+    names = preset_names()
+    _require(name in names, f"unknown preset {name!r} (known: {', '.join(names)})")
+    text = (resources.files("tinygpt") / "configs" / f"{name}.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The values of a user's TOML config file, as a nested dict."""
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"cannot read config file {path}: {exc}") from None
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict update: overrides win, sections are merged key by key."""
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def resolve(
+    preset: str | None = None,
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Defaults < preset or config file < overrides, validated."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        values = merge(values, load_preset(preset))
+    if config_file is not None:
+        values = merge(values, load_config_file(config_file))
+    return RunConfig.from_dict(merge(values, overrides or {}))

@@ -1,0 +1,24 @@
+"""The lecture's bigram language model: the next token's logits are read off a table row."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BigramLanguageModel(nn.Module):
+    """An (vocab x vocab) table: row i holds the logits of the token that follows token i."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = self.token_embedding_table(idx)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
