@@ -50,18 +50,25 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         section, name = key.split(".")
         kind = field_types(section_types()[section])[name]
         parser.add_argument(
-            flag, dest=key, type=converter(kind), metavar=metavar,
-            default=argparse.SUPPRESS, help=f"{help_text} (same as --{key})",
-        )  # fmt: skip
+            flag,
+            dest=key,
+            type=converter(kind),
+            metavar=metavar,
+            default=argparse.SUPPRESS,
+            help=f"{help_text} (same as --{key})",
+        )
     for section, section_cls in section_types().items():
         group = parser.add_argument_group(f"{section} options")
         kinds = field_types(section_cls)
         for f in dataclasses.fields(section_cls):
             group.add_argument(
-                f"--{section}.{f.name}", dest=f"{section}.{f.name}", type=converter(kinds[f.name]),
-                metavar=kinds[f.name].__name__.upper(), default=argparse.SUPPRESS,
+                f"--{section}.{f.name}",
+                dest=f"{section}.{f.name}",
+                type=converter(kinds[f.name]),
+                metavar=kinds[f.name].__name__.upper(),
+                default=argparse.SUPPRESS,
                 help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
-            )  # fmt: skip
+            )
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -78,28 +85,49 @@ def build_parser() -> Parser:
     parser = Parser(prog="tinygpt", description=__doc__.splitlines()[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    data = commands.add_parser("data", help="download a corpus, or list the registry", allow_abbrev=False)
+    data = commands.add_parser(
+        "data", help="download a corpus, or list the registry", allow_abbrev=False
+    )
     data.add_argument("name", nargs="?", help="registered corpus name (none: list them)")
-    data.add_argument("--from", dest="source", type=Path, metavar="FILE",
-                      help="take a local copy instead of downloading (the checksum is verified)")  # fmt: skip
+    data.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="FILE",
+        help="take a local copy instead of downloading (the checksum is verified)",
+    )
 
-    inspect = commands.add_parser("inspect", help="walk through the notebook's data steps", allow_abbrev=False)
+    inspect = commands.add_parser(
+        "inspect", help="walk through the notebook's data steps", allow_abbrev=False
+    )
     inspect.add_argument("--data", default="tinyshakespeare", metavar="NAME|FILE", help="corpus")
     inspect.add_argument("--block-size", type=int, default=8, help="context length (default: 8)")
     inspect.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
     inspect.add_argument("--seed", type=int, default=1337, help="batch seed (default: 1337)")
 
-    train = commands.add_parser("train", help="train a model into a run directory", allow_abbrev=False)
+    train = commands.add_parser(
+        "train", help="train a model into a run directory", allow_abbrev=False
+    )
     train.add_argument("--preset", choices=preset_names(), help="a shipped preset (configs/)")
     train.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
-    train.add_argument("--out", type=Path, metavar="DIR", help="run directory (default: runs/NAME-TIME)")
+    train.add_argument(
+        "--out", type=Path, metavar="DIR", help="run directory (default: runs/NAME-TIME)"
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     add_config_options(train)
 
-    sample = commands.add_parser("sample", help="generate text from a trained run", allow_abbrev=False)
-    sample.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory or checkpoint")
-    sample.add_argument("--prompt", default="", help="text to continue (default: token 0, a newline)")
-    sample.add_argument("--max-new-tokens", type=int, default=500, help="tokens to generate (default: 500)")
+    sample = commands.add_parser(
+        "sample", help="generate text from a trained run", allow_abbrev=False
+    )
+    sample.add_argument(
+        "run_dir", type=Path, metavar="RUN_DIR", help="a run directory or checkpoint"
+    )
+    sample.add_argument(
+        "--prompt", default="", help="text to continue (default: token 0, a newline)"
+    )
+    sample.add_argument(
+        "--max-new-tokens", type=int, default=500, help="tokens to generate (default: 500)"
+    )
     sample.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default: 1.0)")
     sample.add_argument("--seed", type=int, default=1337, help="sampling seed (default: 1337)")
     sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
@@ -131,7 +159,9 @@ def run_inspect(args: argparse.Namespace) -> None:
 
     if args.block_size < 1 or args.batch_size < 1 or args.seed < 0:
         fail("--block-size and --batch-size must be at least 1, --seed not negative")
-    inspect_corpus(DataConfig(dataset=args.data), args.block_size, args.batch_size, args.seed, sys.stdout)
+    inspect_corpus(
+        DataConfig(dataset=args.data), args.block_size, args.batch_size, args.seed, sys.stdout
+    )
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -151,9 +181,14 @@ def run_sample(args: argparse.Namespace) -> None:
 
     checkpoint = load_checkpoint(args.run_dir)
     pieces = stream_text(
-        checkpoint.model, checkpoint.tokenizer, args.prompt, args.max_new_tokens,
-        checkpoint.config.model.block_size, args.temperature, args.seed,
-    )  # fmt: skip
+        checkpoint.model,
+        checkpoint.tokenizer,
+        args.prompt,
+        args.max_new_tokens,
+        checkpoint.config.model.block_size,
+        args.temperature,
+        args.seed,
+    )
     text = [args.prompt]
     sys.stdout.write(args.prompt)
     for piece in pieces:

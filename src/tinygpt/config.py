@@ -103,7 +103,9 @@ class RunConfig:
         """Build and validate a config; unknown sections or keys are an error."""
         sections = section_types()
         for name in values:
-            _require(name in sections, f"unknown config section {name!r} (known: {', '.join(sections)})")
+            _require(
+                name in sections, f"unknown config section {name!r} (known: {', '.join(sections)})"
+            )
         parts = {}
         for name, section_cls in sections.items():
             given = values.get(name, {})
@@ -158,7 +160,9 @@ def parse_value(kind: type, text: str) -> Any:
 def preset_names() -> list[str]:
     """The presets that ship with tinygpt."""
     folder = resources.files("tinygpt") / "configs"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def load_preset(name: str) -> dict[str, Any]:

@@ -76,15 +76,20 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return
     if not is_run_dir(run_dir):
-        raise UserError(f"{run_dir} exists and is not a tinygpt run directory; choose another --out")
+        raise UserError(
+            f"{run_dir} exists and is not a tinygpt run directory; choose another --out"
+        )
     if not overwrite:
-        raise UserError(f"run directory {run_dir} already exists; choose another --out or pass --overwrite")
+        raise UserError(
+            f"run directory {run_dir} already exists; choose another --out or pass --overwrite"
+        )
 
 
 def train(
-    config: RunConfig, run_dir: Path, overwrite: bool = False, out: TextIO = sys.stdout
+    config: RunConfig, run_dir: Path, overwrite: bool = False, out: TextIO | None = None
 ) -> dict[str, float]:
     """Train a model from scratch into `run_dir`; return the final evaluation."""
+    out = out or sys.stdout
     check_run_dir(run_dir, overwrite)
     session = setup(config)
     if run_dir.exists():
@@ -105,9 +110,14 @@ def train(
 def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:
     cfg = session.config
     pieces = stream_text(
-        session.model, session.data.tokenizer, "", max_new_tokens, cfg.model.block_size,
-        seed=cfg.train.seed, device=session.device,
-    )  # fmt: skip
+        session.model,
+        session.data.tokenizer,
+        "",
+        max_new_tokens,
+        cfg.model.block_size,
+        seed=cfg.train.seed,
+        device=session.device,
+    )
     for piece in pieces:
         out.write(piece)
         out.flush()
@@ -118,16 +128,23 @@ def evaluate(session: Session) -> dict[str, float]:
     cfg = session.config
     splits = {"train": session.data.train, "val": session.data.val}
     losses = estimate_loss(
-        session.model, splits, cfg.train.eval_batches, cfg.train.batch_size,
-        cfg.model.block_size, cfg.train.seed, session.device,
-    )  # fmt: skip
+        session.model,
+        splits,
+        cfg.train.eval_batches,
+        cfg.train.batch_size,
+        cfg.model.block_size,
+        cfg.train.seed,
+        session.device,
+    )
     return {**losses, "val_bpc": bits_per_token(losses["val_loss"])}
 
 
 def train_step(session: Session) -> torch.Tensor:
     """One optimizer step on a fresh random batch; returns the (detached) loss."""
     cfg = session.config
-    x, y = random_batch(session.data.train, cfg.train.batch_size, cfg.model.block_size, session.generator)
+    x, y = random_batch(
+        session.data.train, cfg.train.batch_size, cfg.model.block_size, session.generator
+    )
     _, loss = session.model(x.to(session.device), y.to(session.device))
     session.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,0 +1,208 @@
+"""The command line: help, the run directory, sampling, inspect, and every user error."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors
+
+from tinygpt.config import RunConfig, section_types
+
+from .conftest import SHAKESPEARE
+
+SHORT = ("--steps", "60", "--train.eval_interval", "20", "--train.eval_batches", "4")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) -> Path:
+    """A short bigram run, shared by the tests that only read it."""
+    from tinygpt.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "short"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYGPT_HOME", str(shakespeare_home))
+        main(["train", "--preset", "bigram", *SHORT, "--optim.lr", "0.05", "--out", str(out)])
+    return out
+
+
+def test_help_lists_every_option_with_its_default(cli) -> None:
+    code, out, _ = cli("train", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for section, section_cls in section_types().items():
+        for f in dataclasses.fields(section_cls):
+            assert f"--{section}.{f.name}" in flat
+            assert f"(default: {f.default!r})" in flat
+    for flag in ("--preset", "--config", "--data", "--out", "--steps", "--seed", "--overwrite"):
+        assert flag in flat
+    for command in ("data", "inspect", "sample"):
+        assert cli(command, "--help")[0] == 0
+
+
+def test_train_writes_a_complete_run_directory(run_dir: Path) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    assert RunConfig.from_dict(config).train.steps == 60
+    assert config["optim"]["lr"] == 0.05 and config["model"]["block_size"] == 8
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert all("step" in line and "elapsed_s" in line for line in lines)
+    evals = [line for line in lines if "val_loss" in line]
+    assert [line["step"] for line in evals] == [0, 20, 40, 60]
+    assert all("train_loss" in line for line in evals)
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert any("tokens_per_s" in line for line in lines)
+    latest = run_dir / "checkpoints" / "step-00000060"
+    with safetensors.safe_open(latest / "model.safetensors", framework="pt") as f:
+        assert f.get_tensor("token_embedding_table.weight").shape == (65, 65)
+
+
+def test_train_reports_progress_and_prints_a_sample(cli, shakespeare, tmp_path: Path) -> None:
+    code, out, _ = cli("train", *SHORT, "--train.sample_tokens", "40", "--out", tmp_path / "r")
+    assert code == 0
+    assert "4,225 parameters" in out
+    assert "step 60: train loss" in out and "--- sample ---" in out
+    assert "sample with: tinygpt sample" in out
+
+
+def test_default_run_directory_is_named_after_preset(cli, shakespeare, tmp_path: Path) -> None:
+    code, _, _ = cli("train", "--preset", "bigram", *SHORT, "--train.sample_tokens", "0")
+    assert code == 0
+    (made,) = (tmp_path / "runs").iterdir()
+    assert made.name.startswith("bigram-") and (made / "config.json").is_file()
+
+
+def test_existing_run_directory_needs_overwrite(cli, shakespeare, tmp_path: Path) -> None:
+    args = ("train", *SHORT, "--train.sample_tokens", "0", "--out", tmp_path / "r")
+    assert cli(*args)[0] == 0
+    code, _, err = cli(*args)
+    assert code == 2 and "already exists" in err
+    assert cli(*args, "--overwrite")[0] == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    code, _, err = cli("train", *SHORT, "--out", tmp_path / "mine", "--overwrite")
+    assert code == 2 and "not a tinygpt run directory" in err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_sample_is_reproducible_for_a_seed(cli, run_dir: Path, tmp_path: Path) -> None:
+    def sample(*extra: str) -> str:
+        code, out, _ = cli("sample", run_dir, "--max-new-tokens", "100", *extra)
+        assert code == 0
+        return out
+
+    assert sample("--seed", "3") == sample("--seed", "3") != sample("--seed", "4")
+    assert sample("--temperature", "0", "--seed", "1") == sample(
+        "--temperature", "0", "--seed", "2"
+    )
+    text = sample("--prompt", "ROMEO:", "--output", str(tmp_path / "s.txt"))
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 100 + 1
+    assert (tmp_path / "s.txt").read_text(encoding="utf-8") == text
+
+
+def test_inspect_walks_through_the_notebook(cli, shakespeare) -> None:
+    code, out, _ = cli("inspect")
+    assert code == 0
+    for expected in [
+        "1,115,394 characters",
+        "First Citizen:",
+        "vocab_size = 65",
+        "encode('hii there') = [46, 47, 47, 1, 58, 46, 43, 56, 43]",
+        "data.shape = (1115394,), data.dtype = torch.int64",
+        "train: 1,003,854 tokens, val: 111,540 tokens",
+        "when input is [18] the target: 47",
+        "when input is [18, 47, 56, 57, 58, 1, 15, 47] the target: 58",
+        "inputs: shape (4, 8)",
+        "[24, 43, 58,  5, 57,  1, 46, 43]",
+        "when input is [24, 43, 58] the target: 5",
+    ]:
+        assert expected in out
+
+
+def test_inspect_any_corpus(cli, text_file) -> None:
+    code, out, _ = cli("inspect", "--data", text_file("春眠不觉晓，处处闻啼鸟。\n" * 30))
+    assert code == 0 and "vocab_size = 12" in out and "encode('春眠不觉晓，处处闻啼鸟。')" in out
+
+
+def bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
+    tmp.mkdir()
+    (tmp / "empty.txt").write_bytes(b"")
+    (tmp / "short.txt").write_text("too short")
+    (tmp / "latin1.txt").write_bytes(b"na\xefve")
+    (tmp / "not-a-run").mkdir()
+    return [
+        ("missing file", ["train", "--data", str(tmp / "nope.txt")], "no such file"),
+        ("empty file", ["train", "--data", str(tmp / "empty.txt")], "is empty"),
+        ("short corpus", ["train", "--data", str(tmp / "short.txt")], "fewer than block_size + 1"),
+        ("not UTF-8", ["train", "--data", str(tmp / "latin1.txt")], "not UTF-8"),
+        ("unknown preset", ["train", "--preset", "gpt9"], "invalid choice: 'gpt9'"),
+        ("unknown corpus", ["data", "enwik8"], "unknown corpus 'enwik8'"),
+        ("unknown option", ["train", "--model.n_layers", "4"], "unrecognized arguments"),
+        ("abbreviated option", ["train", "--ste", "4"], "unrecognized arguments"),
+        ("unknown command", ["fly"], "invalid choice: 'fly'"),
+        ("non-numeric", ["train", "--steps", "many"], "invalid int value: 'many'"),
+        ("out of range", ["train", "--model.block_size", "0"], "block_size must be at least 1"),
+        ("negative lr", ["train", "--optim.lr", "-1"], "optim.lr must be positive"),
+        ("bad bool-ish", ["inspect", "--block-size", "x"], "invalid int value"),
+        ("missing config", ["train", "--config", str(tmp / "c.toml")], "config file not found"),
+        ("no such run", ["sample", str(tmp / "nope")], "no such run directory"),
+        ("not a run", ["sample", str(tmp / "not-a-run")], "not a tinygpt run directory"),
+        ("missing --from", ["data", "tinyshakespeare", "--from", str(tmp / "x")], "no such file"),
+    ]
+
+
+def test_every_bad_input_is_one_line_and_exit_2(cli, shakespeare, tmp_path: Path) -> None:
+    before = set(Path.cwd().rglob("*"))
+    for label, argv, message in bad_inputs(tmp_path / "inputs"):
+        code, _, err = cli(*argv)
+        assert code == 2, label
+        assert err.count("\n") == 1 and err.startswith("tinygpt: error: "), (label, err)
+        assert message in err, (label, err)
+    created = {p for p in set(Path.cwd().rglob("*")) - before if "inputs" not in p.parts}
+    assert not created  # no run directory or partial file left behind
+
+
+def test_bad_sampling_input_is_one_line_and_exit_2(cli, run_dir: Path, tmp_path: Path) -> None:
+    cases = [
+        (["--prompt", "Zoë"], "'ë' (U+00EB) at position 2"),
+        (["--max-new-tokens", "0"], "max new tokens must be at least 1"),
+        (["--temperature", "-1"], "temperature must be 0"),
+        (["--output", str(tmp_path / "no" / "dir.txt")], "cannot write"),
+    ]
+    for extra, message in cases:
+        code, out, err = cli("sample", run_dir, "--max-new-tokens", "5", *extra)
+        if "--max-new-tokens" in extra:
+            code, out, err = cli("sample", run_dir, *extra)
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+        if "--output" not in extra:
+            assert out == ""  # nothing printed before the error
+
+
+def test_console_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tinygpt", "train", "--data", str(tmp_path / "none.txt")],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("tinygpt: error: ") and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_shared_corpus_path_works_as_data(cli, tmp_path: Path) -> None:
+    code, out, _ = cli(
+        "train",
+        "--data",
+        SHAKESPEARE,
+        *SHORT,
+        "--train.sample_tokens",
+        "0",
+        "--out",
+        tmp_path / "r",
+    )
+    assert code == 0 and "final: train loss" in out

@@ -1,0 +1,48 @@
+"""The bigram model: the lecture's contract, its loss at initialisation and after training."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from tinygpt.config import ModelConfig, resolve
+from tinygpt.data import prepare
+from tinygpt.evaluate import estimate_loss
+from tinygpt.models import build_model
+from tinygpt.models.bigram import BigramLanguageModel
+from tinygpt.train import train
+
+
+def test_forward_contract() -> None:
+    model = BigramLanguageModel(vocab_size=65)
+    idx = torch.randint(65, (4, 8))
+    logits, loss = model(idx)
+    assert logits.shape == (4, 8, 65) and loss is None
+    logits, loss = model(idx, torch.randint(65, (4, 8)))
+    assert logits.shape == (4, 8, 65) and loss is not None and loss.dim() == 0
+    # a bigram sees one token: the logits at t depend on idx[t] alone
+    assert torch.equal(logits[0, 3], model.token_embedding_table.weight[idx[0, 3]])
+
+
+def test_loss_at_initialisation_is_near_ln_vocab(shakespeare) -> None:
+    prepared = prepare(resolve(preset="bigram").data)
+    torch.manual_seed(1337)
+    model = build_model(ModelConfig(), prepared.tokenizer.vocab_size)
+    splits = {"train": prepared.train, "val": prepared.val}
+    losses = estimate_loss(model, splits, 20, 32, 8, 1337, torch.device("cpu"))
+    # N(0, 1) logits add about half a nat to the uniform ln(65) = 4.17 (the notebook: 4.55)
+    for value in losses.values():
+        assert abs(value - math.log(65)) < 0.75
+
+
+def test_bigram_preset_reaches_the_lecture_loss(shakespeare, tmp_path: Path) -> None:
+    config = resolve(preset="bigram", overrides={"train": {"sample_tokens": 0}})
+    final = train(config, tmp_path / "run")
+    assert final["train_loss"] < 2.55 and final["val_loss"] < 2.55
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    first_eval = next(line for line in lines if "val_loss" in line)
+    assert first_eval["step"] == 0 and abs(first_eval["val_loss"] - math.log(65)) < 0.75
+    assert lines[-1]["step"] == 10_000
