@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 from torch import nn
@@ -100,7 +100,7 @@ def train(
     print(f"run directory: {run_dir}", file=out)
     print(f"config: {json.dumps(config.to_dict())}", file=out)
     print(f"model: {config.model.arch}, {n_params:,} parameters, on {session.device}", file=out)
-    final = fit(session, run_dir)
+    final = fit(session, run_dir, out)
     if config.train.sample_tokens:
         print("--- sample ---", file=out)
         print_sample(session, config.train.sample_tokens, out)
@@ -152,7 +152,7 @@ def train_step(session: Session) -> torch.Tensor:
     return loss.detach()
 
 
-def fit(session: Session, run_dir: Path) -> dict[str, float]:
+def fit(session: Session, run_dir: Path, out: TextIO) -> dict[str, float]:
     """The training loop: steps, periodic evaluation and checkpoints, metrics.jsonl."""
     cfg = session.config.train
     tokens_per_step = cfg.batch_size * session.config.model.block_size
@@ -160,7 +160,7 @@ def fit(session: Session, run_dir: Path) -> dict[str, float]:
     bar = tqdm(total=cfg.steps, desc="train", unit="step", disable=None, dynamic_ncols=True)
     session.model.train()
     try:
-        last = _evaluate_and_save(session, run_dir, 0, log, bar)
+        last = _evaluate_and_save(session, run_dir, 0, log, bar, out)
         window_start, window_steps = time.perf_counter(), 0
         for step in range(1, cfg.steps + 1):
             loss = train_step(session)
@@ -173,7 +173,7 @@ def fit(session: Session, run_dir: Path) -> dict[str, float]:
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}")
                 window_start, window_steps = time.perf_counter(), 0
             if step % cfg.eval_interval == 0 or step == cfg.steps:
-                last = _evaluate_and_save(session, run_dir, step, log, bar)
+                last = _evaluate_and_save(session, run_dir, step, log, bar, out)
                 window_start = time.perf_counter()  # keep evaluation out of tokens/s
     finally:
         bar.close()
@@ -182,13 +182,14 @@ def fit(session: Session, run_dir: Path) -> dict[str, float]:
 
 
 def _evaluate_and_save(
-    session: Session, run_dir: Path, step: int, log: MetricsLog, bar: Any
+    session: Session, run_dir: Path, step: int, log: MetricsLog, bar: tqdm, out: TextIO
 ) -> dict[str, float]:
     metrics = {k: round(v, 6) for k, v in evaluate(session).items()}
     log.write(step, **metrics)
-    bar.write(
+    line = (
         f"step {step}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}"
     )
+    bar.write(line, file=out)
     cfg = session.config
     save_checkpoint(run_dir, step, session.model, cfg, session.data.tokenizer, metrics)
     return metrics
