@@ -20,7 +20,8 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 def test_file_tree_lists_every_tracked_file() -> None:
-    listed = set(re.findall(r"^(\S+)\s{2,}\S", readme().split("## Files", 1)[1], re.MULTILINE))
+    tree = readme().split("## Files", 1)[1].split("```")[1]
+    listed = set(re.findall(r"^(\S+)\s{2,}\S", tree, re.MULTILINE))
     tracked = subprocess.run(
         ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
