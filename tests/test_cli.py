@@ -15,7 +15,16 @@ from tinygpt.config import RunConfig, section_types
 
 from .conftest import SHAKESPEARE
 
-SHORT = ("--steps", "60", "--train.eval_interval", "20", "--train.eval_batches", "4")
+SHORT = (
+    "--preset",
+    "bigram",
+    "--steps",
+    "60",
+    "--train.eval_interval",
+    "20",
+    "--train.eval_batches",
+    "4",
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +35,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) ->
     out = tmp_path_factory.mktemp("runs") / "short"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TINYGPT_HOME", str(shakespeare_home))
-        main(["train", "--preset", "bigram", *SHORT, "--optim.lr", "0.05", "--out", str(out)])
+        main(["train", *SHORT, "--optim.lr", "0.05", "--out", str(out)])
     return out
 
 
@@ -69,7 +78,7 @@ def test_train_reports_progress_and_prints_a_sample(cli, shakespeare, tmp_path: 
 
 
 def test_default_run_directory_is_named_after_preset(cli, shakespeare, tmp_path: Path) -> None:
-    code, _, _ = cli("train", "--preset", "bigram", *SHORT, "--train.sample_tokens", "0")
+    code, _, _ = cli("train", *SHORT, "--train.sample_tokens", "0")
     assert code == 0
     (made,) = (tmp_path / "runs").iterdir()
     assert made.name.startswith("bigram-") and (made / "config.json").is_file()

@@ -1,10 +1,12 @@
 """Checkpoints: the only way model state goes to and comes from disk.
 
-A run directory holds `config.json`, `metrics.jsonl` and `checkpoints/step-NNNNNNNN/`, each
-checkpoint a folder of `model.safetensors` (weights; loading never unpickles code) and
-`meta.json` (format, step, config, tokenizer, metrics). A checkpoint is written in a hidden
-temporary folder, fsynced and renamed into place, so a crash at any instant leaves every
-complete checkpoint loadable; half-written ones are never picked up.
+A run directory holds `config.json`, `metrics.jsonl`, `checkpoints/step-NNNNNNNN/` (the newest
+few) and `checkpoints/best/` (lowest val loss). A checkpoint is a folder of `model.safetensors`
+(weights; loading never unpickles code), `meta.json` (format, step, config, tokenizer,
+metrics) and `train_state.pt` (optimizer and RNG states for exact resume, tensors only, read
+with `weights_only=True`). It is written in a hidden temporary folder, fsynced and renamed
+into place, so a crash at any instant leaves every complete checkpoint loadable;
+half-written ones are never picked up.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import safetensors.torch
+import torch
 from torch import nn
 
 from tinygpt.config import RunConfig
@@ -55,11 +58,13 @@ def save_checkpoint(
     config: RunConfig,
     tokenizer: Tokenizer,
     metrics: dict[str, Any],
+    train_state: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> Path:
-    """Write checkpoints/step-N atomically and return its path."""
+    """Write checkpoints/NAME (default step-N) atomically and return its path."""
     parent = checkpoints_dir(run_dir)
     parent.mkdir(parents=True, exist_ok=True)
-    final = parent / f"step-{step:08d}"
+    final = parent / (name or f"step-{step:08d}")
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
     try:
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
@@ -71,14 +76,41 @@ def save_checkpoint(
             "metrics": metrics,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
         _fsync_tree(tmp)
-        if final.exists():  # re-saving a step (e.g. the final one): swap the old one out
-            shutil.rmtree(final)
-        tmp.rename(final)
-        _fsync_dir(parent)
+        _swap_into_place(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    """Rename a finished folder to its name; an older one of that name goes only after."""
+    old = final.with_name(f".old-{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    _fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` step checkpoints (`best` is not one of them)."""
+    for folder in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(folder)
+
+
+def load_train_state(folder: Path) -> dict[str, Any]:
+    """Optimizer and RNG states of a checkpoint; tensors and plain data only, never code."""
+    path = folder / "train_state.pt"
+    if not path.is_file():
+        raise UserError(f"checkpoint {folder} has no training state to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure means the file is not ours
+        raise UserError(f"refusing to load {path}: {str(exc).splitlines()[0]}") from None
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -114,6 +114,12 @@ def build_parser() -> Parser:
         "--out", type=Path, metavar="DIR", help="run directory (default: runs/NAME-TIME)"
     )
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run from its newest checkpoint (--steps may raise its total)",
+    )
     add_config_options(train)
 
     sample = commands.add_parser(
@@ -164,13 +170,28 @@ def run_inspect(args: argparse.Namespace) -> None:
     )
 
 
-def run_train(args: argparse.Namespace) -> None:
-    from tinygpt.train import train
+def default_preset() -> str:
+    """A few minutes on a CPU; nanoGPT's GPU recipe where there is a GPU."""
+    import torch
 
-    config = resolve(args.preset, args.config, config_overrides(args))
-    name = args.preset or (args.config.stem if args.config else config.model.arch)
-    run_dir = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    final = train(config, run_dir, overwrite=args.overwrite)
+    return "shakespeare-char" if torch.cuda.is_available() else "cpu-baby"
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from tinygpt.train import resume, train
+
+    overrides = config_overrides(args)
+    if args.resume is not None:
+        steps = overrides.get("train", {}).pop("steps", None)
+        if any(overrides.values()) or args.preset or args.config or args.out or args.overwrite:
+            fail("--resume continues a run with its own config; only --steps may be given")
+        final, run_dir = resume(args.resume, steps=steps), args.resume
+    else:
+        preset = args.preset or (None if args.config else default_preset())
+        config = resolve(preset, args.config, overrides)
+        name = preset or args.config.stem
+        run_dir = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        final = train(config, run_dir, overwrite=args.overwrite)
     print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
     print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
 

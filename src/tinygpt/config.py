@@ -18,8 +18,12 @@ from typing import Any
 
 from tinygpt.errors import UserError
 
-MODEL_ARCHS = ("bigram",)
+MODEL_ARCHS = ("bigram", "gpt")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "relu", "relu2")
+SCHEDULES = ("constant", "cosine", "wsd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 def option(default: Any, help: str) -> Any:
@@ -46,44 +50,90 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = option("bigram", f"model architecture ({', '.join(MODEL_ARCHS)})")
-    block_size: int = option(8, "context length in tokens")
+    arch: str = option("gpt", f"model architecture ({', '.join(MODEL_ARCHS)})")
+    block_size: int = option(64, "context length in tokens")
+    n_layer: int = option(4, "Transformer blocks")
+    n_head: int = option(4, "attention heads per block")
+    n_embd: int = option(128, "embedding width; a multiple of n_head")
+    dropout: float = option(0.0, "dropout probability (0: none)")
+    bias: bool = option(True, "biases in linear layers and LayerNorm")
+    tie_weights: bool = option(True, "share the token embedding with the output head")
+    rotary: bool = option(False, "rotary position encoding instead of learned positions")
+    norm: str = option("layernorm", f"normalisation ({', '.join(NORMS)})")
+    qk_norm: bool = option(False, "RMS-normalise queries and keys before attention")
+    activation: str = option("gelu", f"MLP activation ({', '.join(ACTIVATIONS)})")
 
     def __post_init__(self) -> None:
         _require(self.arch in MODEL_ARCHS, f"unknown model.arch {self.arch!r} ({MODEL_ARCHS})")
-        _require(self.block_size >= 1, "model.block_size must be at least 1")
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            _require(getattr(self, name) >= 1, f"model.{name} must be at least 1")
+        _require(
+            self.n_embd % self.n_head == 0,
+            f"model.n_embd ({self.n_embd}) must be a multiple of model.n_head ({self.n_head})",
+        )
+        _require(
+            not self.rotary or (self.n_embd // self.n_head) % 2 == 0,
+            "model.rotary needs an even head size (n_embd // n_head)",
+        )
+        _require(0 <= self.dropout < 1, "model.dropout must be in [0, 1)")
+        _require(self.norm in NORMS, f"unknown model.norm {self.norm!r} ({', '.join(NORMS)})")
+        _require(
+            self.activation in ACTIVATIONS,
+            f"unknown model.activation {self.activation!r} ({', '.join(ACTIVATIONS)})",
+        )
 
 
 @dataclass
 class OptimConfig:
-    lr: float = option(1e-3, "AdamW learning rate")
-    weight_decay: float = option(0.01, "AdamW weight decay on matrices (not on biases or norms)")
+    lr: float = option(1e-3, "peak AdamW learning rate")
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on biases or norms)")
     beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.999, "AdamW beta2")
+    beta2: float = option(0.99, "AdamW beta2")
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
+    schedule: str = option("cosine", f"learning-rate schedule ({', '.join(SCHEDULES)})")
+    warmup_steps: int = option(100, "linear warmup from 0 to lr over these steps")
+    min_lr: float = option(1e-4, "learning rate at the end of the decay")
+    decay_fraction: float = option(0.2, "wsd: fraction of the steps spent decaying at the end")
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr must be positive")
         _require(self.weight_decay >= 0, "optim.weight_decay must not be negative")
         for name in ("beta1", "beta2"):
             _require(0 <= getattr(self, name) < 1, f"optim.{name} must be in [0, 1)")
+        _require(self.grad_clip >= 0, "optim.grad_clip must not be negative")
+        _require(
+            self.schedule in SCHEDULES,
+            f"unknown optim.schedule {self.schedule!r} ({', '.join(SCHEDULES)})",
+        )
+        _require(self.warmup_steps >= 0, "optim.warmup_steps must not be negative")
+        _require(0 <= self.min_lr <= self.lr, "optim.min_lr must be in [0, lr]")
+        _require(0 < self.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = option(10_000, "optimizer steps to train for")
-    batch_size: int = option(32, "sequences per step")
-    eval_interval: int = option(1000, "evaluate train and val loss every this many steps")
-    eval_batches: int = option(200, "fixed batches per split in each evaluation")
+    steps: int = option(2000, "optimizer steps to train for")
+    batch_size: int = option(12, "sequences per micro-step")
+    grad_accum_steps: int = option(1, "micro-steps per optimizer step (global batch multiplier)")
+    eval_interval: int = option(250, "evaluate (and checkpoint) every this many steps")
+    eval_batches: int = option(20, "fixed batches per split in each evaluation")
     log_interval: int = option(100, "write a training line to metrics.jsonl every this many steps")
     seed: int = option(1337, "seed for weights, batches and sampling")
     device: str = option("auto", f"device ({', '.join(DEVICES)}, or cuda:N)")
+    dtype: str = option(
+        "auto", "autocast dtype (auto: bfloat16 on CUDA if supported, else float32)"
+    )
+    compile: bool = option(False, "torch.compile the model")
+    keep_checkpoints: int = option(2, "newest step checkpoints to keep (the best is kept apart)")
     sample_tokens: int = option(500, "tokens of text to print after training (0: none)")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_interval", "eval_batches", "log_interval"):
+        positive = ("steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches")
+        for name in (*positive, "log_interval", "keep_checkpoints"):
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
         _require(self.seed >= 0, "train.seed must not be negative")
         _require(self.sample_tokens >= 0, "train.sample_tokens must not be negative")
+        _require(self.dtype in DTYPES, f"unknown train.dtype {self.dtype!r} ({', '.join(DTYPES)})")
         known = self.device in DEVICES or self.device.startswith("cuda:")
         _require(known, f"unknown train.device {self.device!r} ({', '.join(DEVICES)}, cuda:N)")
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinygpt.batches import eval_batches
+from tinygpt.batches import batch_at, eval_batches
 
 
 @torch.no_grad()
@@ -38,3 +38,25 @@ def estimate_loss(
 def bits_per_token(loss: float) -> float:
     """Cross-entropy in nats -> bits; for a char tokenizer, bits per character."""
     return loss / math.log(2)
+
+
+@torch.no_grad()
+def split_loss(
+    model: nn.Module, data: np.ndarray, block_size: int, batch_size: int, device: torch.device
+) -> float:
+    """Mean loss over a whole split, every token predicted once (windows side by side).
+
+    Exact where a sampled estimate is noisy: use it to compare runs, not to watch one.
+    """
+    was_training = model.training
+    model.eval()
+    n_windows = (len(data) - 1) // block_size
+    starts = torch.arange(n_windows) * block_size
+    total, count = 0.0, 0
+    for i in range(0, n_windows, batch_size):
+        x, y = batch_at(data, starts[i : i + batch_size], block_size)
+        _, loss = model(x.to(device), y.to(device))
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return total / count

@@ -30,3 +30,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The dtype to autocast the forward pass to, or None for plain float32."""
+    if name == "bfloat16":
+        return torch.bfloat16
+    if name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """The global generators a training step draws from (dropout)."""
+    states: dict[str, torch.Tensor | list[torch.Tensor]] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, torch.Tensor | list[torch.Tensor]]) -> None:
+    torch.set_rng_state(states["torch"])  # type: ignore[arg-type]
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])  # type: ignore[arg-type]

@@ -1,0 +1,219 @@
+"""The Transformer: tokens talk to each other through causal self-attention.
+
+One GPT class. The lecture's model is the default; modern choices are switches on the same
+class (`rotary`, `norm="rmsnorm"`, `qk_norm`, `activation="relu2"`, `tie_weights=False`),
+each a few lines below rather than a model of its own.
+
+Shapes: B batch, T time (tokens), C n_embd, nh heads, hs head size (C // nh), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinygpt.config import ModelConfig
+
+
+@dataclass
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding.
+
+    The model writes the new tokens' keys and values at positions [pos, pos + T) and attends
+    to [0, pos + T); the caller advances `pos` once a forward pass is done.
+    """
+
+    keys: list[torch.Tensor]  # n_layer x (B, nh, max_len, hs)
+    values: list[torch.Tensor]
+    pos: int = 0
+    max_len: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.max_len = self.keys[0].size(2)
+
+    @classmethod
+    def empty(
+        cls, config: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, config.block_size, hs)
+        make = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * config.n_layer)]
+        return cls(keys=make[: config.n_layer], values=make[config.n_layer :])
+
+
+def make_norm(config: ModelConfig, size: int) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(size)
+    return nn.LayerNorm(size, bias=config.bias)
+
+
+def rotary_tables(config: ModelConfig, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of each position's rotation angles: two (block_size, hs // 2) tables."""
+    hs = config.n_embd // config.n_head
+    inv_freq = base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair of channels (first half, second half) by its position's angle."""
+    x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return rotated.type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.n_head, self.layer = config.n_head, layer
+        self.head_size = config.n_embd // config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.qk_norm = config.qk_norm
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # keeps attention logits bounded at high learning rates
+            q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        mask, is_causal = None, True
+        if cache is not None:
+            k, v, mask, is_causal = self._extend_cache(cache, k, v)  # (B, nh, pos + T, hs)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
+        return self.resid_dropout(self.c_proj(y))
+
+    def _extend_cache(
+        self, cache: KVCache, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+        """Store the new keys and values; return all of them and the mask to use."""
+        start, T = cache.pos, k.size(2)
+        end = start + T
+        cache.keys[self.layer][:, :, start:end] = k
+        cache.values[self.layer][:, :, start:end] = v
+        keys, values = cache.keys[self.layer][:, :, :end], cache.values[self.layer][:, :, :end]
+        if start == 0:
+            return keys, values, None, True  # a fresh prompt: the usual causal mask
+        if T == 1:
+            return keys, values, None, False  # one new token sees everything before it
+        allowed = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=start)
+        return keys, values, allowed, False
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.activation = config.activation
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, 4C)
+        if self.activation == "gelu":
+            h = F.gelu(h)
+        elif self.activation == "relu":
+            h = F.relu(h)
+        else:  # relu2: sparse and cheap, works well in speedruns
+            h = F.relu(h).square()
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: communication (attention), then computation (MLP)."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = make_norm(config, config.n_embd)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = make_norm(config, config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rotary, cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(vocab_size, config.n_embd)
+        self.wpe = None if config.rotary else nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = make_norm(config, config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
+        if config.rotary:
+            cos, sin = rotary_tables(config)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)  # GPT-2: keep the residual sum O(1)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(param, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        T = idx.size(1)
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        rotary = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast
+        else:
+            rotary = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rotary, cache)
+        x = self.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, V)
+        if cache is not None:
+            cache.pos += T
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss

@@ -1,0 +1,111 @@
+"""The GPT: causality, initialisation, learning, the modern switches, the KV cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from tinygpt.config import ModelConfig
+from tinygpt.models import build_model, count_parameters
+from tinygpt.models.gpt import GPT, KVCache
+
+VOCAB = 65
+SMALL = ModelConfig(arch="gpt", block_size=16, n_layer=2, n_head=4, n_embd=32)
+SWITCHES = {
+    "lecture": {},
+    "rotary": {"rotary": True},
+    "rmsnorm": {"norm": "rmsnorm"},
+    "qk_norm": {"qk_norm": True},
+    "relu2": {"activation": "relu2"},
+    "relu": {"activation": "relu"},
+    "untied": {"tie_weights": False},
+    "no_bias": {"bias": False},
+    "modern": {"rotary": True, "norm": "rmsnorm", "qk_norm": True, "activation": "relu2",
+               "tie_weights": False, "bias": False},
+}  # fmt: skip
+
+
+def small_gpt(**switches: object) -> GPT:
+    torch.manual_seed(0)
+    return GPT(dataclasses.replace(SMALL, **switches), VOCAB)
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_causality(name: str) -> None:
+    model = small_gpt(**SWITCHES[name]).eval()
+    idx = torch.randint(VOCAB, (2, 16))
+    logits, _ = model(idx)
+    for t in (0, 7, 14):
+        changed = idx.clone()
+        changed[:, t + 1] = (changed[:, t + 1] + 1) % VOCAB
+        new_logits, _ = model(changed)
+        assert torch.equal(new_logits[:, : t + 1], logits[:, : t + 1])
+        assert not torch.allclose(new_logits[:, t + 1], logits[:, t + 1])
+
+
+def test_loss_at_initialisation_is_near_ln_vocab() -> None:
+    model = small_gpt()
+    _, loss = model(torch.randint(VOCAB, (8, 16)), torch.randint(VOCAB, (8, 16)))
+    assert abs(loss.item() - math.log(VOCAB)) < 0.1  # std 0.02 weights: near-uniform logits
+
+
+def test_gpt2_initialisation_and_weight_tying() -> None:
+    model = GPT(ModelConfig(arch="gpt", n_layer=8, n_embd=256, n_head=4), VOCAB)
+    assert model.lm_head.weight is model.wte.weight
+    assert abs(model.blocks[0].mlp.c_fc.weight.std().item() - 0.02) < 0.002
+    expected = 0.02 / math.sqrt(2 * 8)
+    assert abs(model.blocks[0].attn.c_proj.weight.std().item() - expected) < 0.001
+    tied, untied = small_gpt(), small_gpt(tie_weights=False)
+    assert count_parameters(untied) - count_parameters(tied) == VOCAB * 32
+
+
+def test_rotary_has_no_position_table() -> None:
+    assert small_gpt().wpe is not None and small_gpt(rotary=True).wpe is None
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_each_switch_learns_one_batch(name: str) -> None:
+    model = small_gpt(**SWITCHES[name])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(VOCAB, (4, 16), generator=generator)
+    y = torch.randint(VOCAB, (4, 16), generator=generator)
+    first = None
+    for _ in range(150):
+        _, loss = model(x, y)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert math.isfinite(loss.item())
+    assert loss.item() < 0.3 < first  # random targets: only memorising gets it this low
+
+
+@pytest.mark.parametrize("name", ["lecture", "rotary", "modern"])
+def test_kv_cache_gives_the_same_logits(name: str) -> None:
+    model = small_gpt(**SWITCHES[name]).eval()
+    idx = torch.randint(VOCAB, (3, 16))
+    full, _ = model(idx)
+    cache = KVCache.empty(
+        model.config, batch_size=3, device=torch.device("cpu"), dtype=torch.float32
+    )
+    prefill, _ = model(idx[:, :5], cache=cache)  # a prompt of 5 tokens at once
+    steps = [prefill]
+    for t in range(5, 12):  # then one token at a time
+        steps.append(model(idx[:, t : t + 1], cache=cache)[0])
+    steps.append(model(idx[:, 12:], cache=cache)[0])  # and a chunk after the start
+    assert cache.pos == 16
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_context_longer_than_block_size_is_refused() -> None:
+    with pytest.raises(ValueError, match="exceed block_size"):
+        small_gpt()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_build_model_picks_the_architecture() -> None:
+    assert isinstance(build_model(SMALL, VOCAB), GPT)
+    assert not isinstance(build_model(ModelConfig(arch="bigram"), VOCAB), GPT)

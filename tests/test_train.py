@@ -1,0 +1,133 @@
+"""The training engine: exact resume, accumulation, checkpoints kept, metrics and plot."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from tinygpt.checkpoint import list_checkpoints, load_checkpoint
+from tinygpt.config import RunConfig, resolve
+from tinygpt.errors import UserError
+from tinygpt.train import resume, setup, train, train_step
+
+TINY = {
+    "model": {"arch": "gpt", "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
+              "dropout": 0.1},
+    "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine", "min_lr": 3e-4},
+    "train": {"steps": 40, "batch_size": 4, "eval_interval": 10, "eval_batches": 2,
+              "log_interval": 5, "sample_tokens": 0, "keep_checkpoints": 2},
+}  # fmt: skip
+
+
+def tiny_config(**train: object) -> RunConfig:
+    values = {**TINY, "train": {**TINY["train"], **train}}
+    return RunConfig.from_dict(values)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    (latest,) = list_checkpoints(run_dir)[-1:]
+    return safetensors.torch.load_file(latest / "model.safetensors")
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+
+
+def test_resume_equals_an_uninterrupted_run(shakespeare, tmp_path: Path) -> None:
+    config = tiny_config(grad_accum_steps=2)  # dropout on: the RNG state must resume too
+    train(config, tmp_path / "whole", out=io.StringIO())
+    train(config, tmp_path / "split", out=io.StringIO(), until=20)
+    assert list_checkpoints(tmp_path / "split")[-1].name == "step-00000020"
+    resume(tmp_path / "split", out=io.StringIO())
+    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
+    assert whole.keys() == split.keys()
+    for name in whole:
+        assert torch.equal(whole[name], split[name]), name  # bit for bit on a CPU
+
+    def without_time(lines: list[dict]) -> list[dict]:
+        return [{k: v for k, v in line.items() if k not in ("elapsed_s", "tokens_per_s")}
+                for line in lines]  # fmt: skip
+
+    assert without_time(metrics(tmp_path / "whole")) == without_time(metrics(tmp_path / "split"))
+
+
+def test_gradient_accumulation_matches_one_big_batch(shakespeare) -> None:
+    big = setup(tiny_config(batch_size=8, grad_accum_steps=1))
+    small = setup(tiny_config(batch_size=4, grad_accum_steps=2))
+    for session in (big, small):
+        session.model.eval()  # no dropout: compare the arithmetic alone
+        session.forward = session.model
+    loss_big, norm_big = train_step(big)
+    loss_small, norm_small = train_step(small)
+    assert loss_big == pytest.approx(loss_small, rel=1e-5)
+    assert norm_big == pytest.approx(norm_small, rel=1e-4)
+    for a, b in zip(big.model.parameters(), small.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # Adam: ~lr * sign(grad)
+
+
+def test_run_directory_keeps_best_and_newest(shakespeare, tmp_path: Path) -> None:
+    final = train(tiny_config(), tmp_path / "run", out=io.StringIO())
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert names == ["step-00000030", "step-00000040"]
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best")
+    evals = [line for line in metrics(tmp_path / "run") if "val_loss" in line]
+    assert best.metrics["val_loss"] == min(line["val_loss"] for line in evals)
+    assert final["val_loss"] == evals[-1]["val_loss"]
+    steps = [line for line in metrics(tmp_path / "run") if "loss" in line]
+    assert all({"lr", "tokens_per_s", "grad_norm"} <= line.keys() for line in steps)
+    assert steps[0]["lr"] == 3e-3 > steps[-1]["lr"]  # warmed up at step 5, then decaying
+    png = (tmp_path / "run" / "loss.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_resume_errors(shakespeare, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a tinygpt run directory"):
+        resume(tmp_path / "nothing")
+    train(tiny_config(steps=10), tmp_path / "done", out=io.StringIO())
+    with pytest.raises(UserError, match="already finished 10 steps"):
+        resume(tmp_path / "done")
+    resume(tmp_path / "done", steps=20, out=io.StringIO())  # a longer total goes on
+    assert list_checkpoints(tmp_path / "done")[-1].name == "step-00000020"
+
+
+def test_resume_from_the_command_line(cli, shakespeare, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        "[model]\narch='gpt'\nblock_size=16\nn_layer=1\nn_head=2\nn_embd=16\n"
+        "[train]\nsteps=10\nbatch_size=4\neval_interval=5\neval_batches=2\nsample_tokens=0\n"
+    )
+    assert cli("train", "--config", config, "--out", run_dir)[0] == 0
+    code, _, err = cli("train", "--resume", run_dir, "--model.n_layer", "3")
+    assert code == 2 and "only --steps may be given" in err
+    code, out, _ = cli("train", "--resume", run_dir, "--steps", "15")
+    assert code == 0 and "resuming" in out and "from step 10" in out
+
+
+def test_bfloat16_autocast_trains_on_cpu(shakespeare, tmp_path: Path) -> None:
+    final = train(tiny_config(dtype="bfloat16", steps=10), tmp_path / "run", out=io.StringIO())
+    assert torch.isfinite(torch.tensor(final["val_loss"]))
+    assert load_checkpoint(tmp_path / "run").model.wte.weight.dtype == torch.float32
+
+
+def test_every_preset_builds_its_model(shakespeare) -> None:
+    from tinygpt.config import preset_names
+
+    for name in preset_names():
+        session = setup(resolve(preset=name))
+        _, loss = session.model(*[t[:, :8] for t in (torch.zeros(1, 8, dtype=torch.long),) * 2])
+        assert loss is not None and torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains(shakespeare, tmp_path: Path) -> None:
+    final = train(tiny_config(compile=True, steps=10), tmp_path / "run", out=io.StringIO())
+    assert torch.isfinite(torch.tensor(final["val_loss"]))
+    names = weights(tmp_path / "run").keys()
+    assert "blocks.0.mlp.c_fc.weight" in names  # saved without the _orig_mod. prefix
+    assert not any(name.startswith("_orig_mod") for name in names)
