@@ -178,16 +178,46 @@ def test_bad_sampling_input_is_one_line_and_exit_2(cli, run_dir: Path, tmp_path:
     cases = [
         (["--prompt", "Zoë"], "'ë' (U+00EB) at position 2"),
         (["--max-new-tokens", "0"], "max new tokens must be at least 1"),
+        (["--max-new-tokens", "-3"], "max new tokens must be at least 1"),
         (["--temperature", "-1"], "temperature must be 0"),
+        (["--top-k", "-1"], "top-k must be at least 1"),
+        (["--top-p", "0"], "top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+        (["--num-samples", "0"], "number of samples"),
+        (["--stop", ""], "stop string must not be empty"),
+        (["--prompt-file", str(tmp_path / "none.txt")], "prompt file not found"),
+        (["--prompt", "a", "--prompt-file", "b"], "not allowed with argument"),
         (["--output", str(tmp_path / "no" / "dir.txt")], "cannot write"),
     ]
     for extra, message in cases:
-        code, out, err = cli("sample", run_dir, "--max-new-tokens", "5", *extra)
-        if "--max-new-tokens" in extra:
-            code, out, err = cli("sample", run_dir, *extra)
-        assert code == 2 and err.count("\n") == 1 and message in err, err
+        code, out, err = cli("sample", run_dir, *extra)
+        assert code == 2 and err.count("\n") == 1 and message in err, (extra, err)
         if "--output" not in extra:
-            assert out == ""  # nothing printed before the error
+            assert out == "", extra  # nothing printed before the error
+
+
+def test_sample_controls(cli, run_dir: Path, tmp_path: Path) -> None:
+    def sample(*extra: str) -> tuple[str, str]:
+        code, out, err = cli("sample", run_dir, "--max-new-tokens", "60", *extra)
+        assert code == 0, err
+        return out, err
+
+    batch, _ = sample("--num-samples", "3", "--seed", "5")
+    texts = batch.rstrip("\n").split("\n---------------\n")
+    assert len(texts) == 3
+    assert texts[1] == sample("--seed", "6")[0].rstrip("\n")  # sample i uses seed + i
+    greedy, _ = sample("--temperature", "0")
+    assert sample("--top-k", "1", "--seed", "9")[0] == greedy
+    assert sample("--use-cache", "false", "--temperature", "0")[0] == greedy
+    full, _ = sample("--seed", "3")
+    stopped, _ = sample("--seed", "3", "--stop", "e")
+    assert "e" in full and stopped == full.split("e")[0] + "\n"
+    (tmp_path / "prompt.txt").write_text("KING:\n", encoding="utf-8")
+    from_file, _ = sample("--prompt-file", str(tmp_path / "prompt.txt"))
+    assert from_file.startswith("KING:\n")
+    long_prompt = "the quick brown fox jumps over the lazy dog " * 3
+    out, err = sample("--prompt", long_prompt)
+    assert "note: the prompt is longer than the context" in err and out.startswith(long_prompt)
 
 
 def test_console_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:

@@ -1,57 +1,173 @@
-"""Generation: greedy decoding, seeds, and the checks on its settings."""
+"""Generation: KV cache equals recomputation, sampling controls, seeds, batches, stops."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
+from tinygpt.config import ModelConfig, SampleConfig
 from tinygpt.errors import UserError
-from tinygpt.generate import generate, stream_text
+from tinygpt.generate import (
+    Decoder,
+    StopScanner,
+    encode_prompt,
+    filter_logits,
+    generate,
+    stream_text,
+    stream_texts,
+)
 from tinygpt.models.bigram import BigramLanguageModel
+from tinygpt.models.gpt import GPT
 from tinygpt.tokenizer import CharTokenizer
 
 TOKENIZER = CharTokenizer.from_text("\nabcdefghijklmnopqrstuvwxyz ")
+V = TOKENIZER.vocab_size
+BLOCK = 16
 
 
-def model() -> BigramLanguageModel:
+def bigram() -> BigramLanguageModel:
     torch.manual_seed(0)
-    return BigramLanguageModel(TOKENIZER.vocab_size)
+    return BigramLanguageModel(V)
+
+
+def gpt(**switches: object) -> GPT:
+    torch.manual_seed(0)
+    config = ModelConfig(arch="gpt", block_size=BLOCK, n_layer=2, n_head=2, n_embd=32)
+    return GPT(dataclasses.replace(config, **switches), V).eval()
+
+
+def tokens(model, prompt: list[int], sampling: SampleConfig) -> list[list[int]]:
+    idx = torch.tensor([prompt] * sampling.num_samples)
+    steps = list(generate(model, idx, BLOCK, sampling))
+    return torch.stack(steps, dim=1).tolist()
+
+
+@pytest.mark.parametrize("switches", [{}, {"rotary": True}, {"norm": "rmsnorm", "qk_norm": True}])
+def test_cache_logits_match_recomputation_across_the_full_context(switches) -> None:
+    model = gpt(**switches)
+    cached, plain = Decoder(model, BLOCK, use_cache=True), Decoder(model, BLOCK, use_cache=False)
+    idx = torch.randint(V, (3, 5), generator=torch.Generator().manual_seed(0))
+    a, b = cached.start(idx), plain.start(idx)
+    for step in range(3 * BLOCK):  # well past the point where the context fills
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=f"step {step}")
+        token = a.argmax(dim=-1)
+        a, b = cached.step(token), plain.step(token)
+    assert cached.cache is not None and plain.cache is None
+
+
+@pytest.mark.parametrize("switches", [{}, {"rotary": True}])
+def test_greedy_tokens_are_identical_with_and_without_cache(switches) -> None:
+    model = gpt(**switches)
+    greedy = SampleConfig(max_new_tokens=3 * BLOCK, temperature=0)
+    without = dataclasses.replace(greedy, use_cache=False)
+    assert tokens(model, [1, 2, 3], greedy) == tokens(model, [1, 2, 3], without)
 
 
 def test_temperature_zero_is_argmax() -> None:
-    m = model()
-    idx = torch.tensor([[3]])
-    tokens = [int(t) for t in generate(m, idx, 10, block_size=8, temperature=0)]
+    model = bigram()
+    out = tokens(model, [3], SampleConfig(max_new_tokens=10, temperature=0))[0]
     expected, last = [], 3
     for _ in range(10):
-        last = int(m.token_embedding_table.weight[last].argmax())
+        last = int(model.token_embedding_table.weight[last].argmax())
         expected.append(last)
-    assert tokens == expected
+    assert out == expected
+
+
+def test_top_k_one_is_greedy() -> None:
+    model = gpt()
+    greedy = tokens(model, [5], SampleConfig(max_new_tokens=40, temperature=0))
+    for seed in (1, 2):
+        top1 = SampleConfig(max_new_tokens=40, temperature=1.5, top_k=1, seed=seed)
+        assert tokens(model, [5], top1) == greedy
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])  # by rank: 1, 3, 0, 2
+    logits = probs.log()
+
+    def kept(top_p: float) -> set[int]:
+        filtered = filter_logits(logits, top_k=0, top_p=top_p)
+        return set(torch.nonzero(filtered[0].isfinite()).flatten().tolist())
+
+    assert kept(0.4) == {1}
+    assert kept(0.5) == {1}  # 0.5 already reaches 0.5
+    assert kept(0.51) == {1, 3}
+    assert kept(0.8) == {1, 3}
+    assert kept(0.81) == {0, 1, 3}
+    assert kept(1.0) == {0, 1, 2, 3}
+
+
+def test_top_k_keeps_the_k_best() -> None:
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    kept = filter_logits(logits, top_k=2, top_p=1.0)[0].isfinite()
+    assert kept.tolist() == [False, True, False, True, False]
 
 
 def test_same_seed_same_text_other_seed_other_text() -> None:
-    m = model()
-    a = "".join(stream_text(m, TOKENIZER, "ab", 80, 8, seed=1))
-    b = "".join(stream_text(m, TOKENIZER, "ab", 80, 8, seed=1))
-    c = "".join(stream_text(m, TOKENIZER, "ab", 80, 8, seed=2))
-    assert a == b and a != c and len(a) == 80
+    model = gpt()
+
+    def text(seed: int) -> str:
+        return "".join(stream_text(model, TOKENIZER, "ab", BLOCK, SampleConfig(80, seed=seed)))
+
+    assert text(1) == text(1) != text(2)
+    assert len(text(1)) == 80
 
 
-def test_empty_prompt_starts_from_token_zero() -> None:
-    m = model()
-    greedy = "".join(stream_text(m, TOKENIZER, "", 5, 8, temperature=0))
-    assert greedy == "".join(stream_text(m, TOKENIZER, TOKENIZER.itos[0], 5, 8, temperature=0))
+def test_batch_equals_one_at_a_time() -> None:
+    model = gpt()
+    batch = tokens(model, [4, 5], SampleConfig(max_new_tokens=40, num_samples=3, seed=10))
+    for i in range(3):
+        alone = tokens(model, [4, 5], SampleConfig(max_new_tokens=40, seed=10 + i))
+        assert batch[i] == alone[0]
+    assert batch[0] != batch[1]
+
+
+def test_stop_strings_end_a_sample_and_are_not_shown() -> None:
+    scanner = StopScanner(["\nROMEO", "!"])
+    shown = [scanner.feed(piece) for piece in ["ab", "c\nR", "OM", "EO: hi"]]
+    assert "".join(shown) == "abc" and scanner.stopped
+    scanner = StopScanner(["xyz"])
+    shown = [scanner.feed(piece) for piece in "abxy"] + [scanner.flush()]
+    assert "".join(shown) == "abxy" and not scanner.stopped
+    with pytest.raises(UserError, match="must not be empty"):
+        StopScanner([""])
+
+
+def test_stream_stops_each_sample_on_its_own() -> None:
+    model = bigram()
+    sampling = SampleConfig(max_new_tokens=200, num_samples=2, seed=3)
+    full = {0: "", 1: ""}
+    for i, piece in stream_texts(model, TOKENIZER, [1], BLOCK, sampling):
+        full[i] += piece
+    stops = {0: "", 1: ""}
+    for i, piece in stream_texts(model, TOKENIZER, [1], BLOCK, sampling, stops=["e"]):
+        stops[i] += piece
+    for i in (0, 1):
+        assert stops[i] == full[i].split("e")[0]
+
+
+def test_prompts() -> None:
+    assert encode_prompt(TOKENIZER, "", BLOCK) == ([0], False)  # the lecture's start token
+    ids, cut = encode_prompt(TOKENIZER, "abcdefghijklmnopqrstuvwxyz", BLOCK)
+    assert cut and ids == TOKENIZER.encode("klmnopqrstuvwxyz")
+    with pytest.raises(UserError, match=r"'!' \(U\+0021\) at position 3"):
+        encode_prompt(TOKENIZER, "abc!", BLOCK)
 
 
 @pytest.mark.parametrize(
-    ("prompt", "max_new_tokens", "temperature", "message"),
+    ("values", "message"),
     [
-        ("abc!", 5, 1.0, r"'!' \(U\+0021\) at position 3"),
-        ("ab", 0, 1.0, "max new tokens must be at least 1"),
-        ("ab", 5, -0.5, "temperature must be 0"),
-        ("ab", 5, float("nan"), "temperature must be 0"),
+        ({"max_new_tokens": 0}, "max new tokens must be at least 1"),
+        ({"temperature": -0.5}, "temperature must be 0"),
+        ({"temperature": float("nan")}, "temperature must be 0"),
+        ({"top_k": -1}, "top-k must be at least 1"),
+        ({"top_p": 0.0}, r"top-p must be in \(0, 1\]"),
+        ({"top_p": 1.5}, r"top-p must be in \(0, 1\]"),
+        ({"num_samples": 0}, "number of samples"),
     ],
 )
-def test_bad_settings_fail_before_any_token(prompt, max_new_tokens, temperature, message) -> None:
+def test_bad_settings_are_clear_errors(values: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        stream_text(model(), TOKENIZER, prompt, max_new_tokens, 8, temperature)
+        SampleConfig(**values)

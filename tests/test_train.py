@@ -107,6 +107,8 @@ def test_resume_from_the_command_line(cli, shakespeare, tmp_path: Path) -> None:
     assert code == 2 and "only --steps may be given" in err
     code, out, _ = cli("train", "--resume", run_dir, "--steps", "15")
     assert code == 0 and "resuming" in out and "from step 10" in out
+    code, out, _ = cli("sample", run_dir, "--max-new-tokens", "40", "--prompt", "KING")
+    assert code == 0 and out.startswith("KING") and len(out) == len("KING") + 40 + 1
 
 
 def test_bfloat16_autocast_trains_on_cpu(shakespeare, tmp_path: Path) -> None:

@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tinygpt.config import field_types, parse_value, preset_names, resolve, section_types
+from tinygpt.config import (
+    SampleConfig,
+    field_types,
+    parse_value,
+    preset_names,
+    resolve,
+    section_types,
+)
 from tinygpt.errors import UserError
 
 SHORTCUTS = {  # short flag -> (config key, metavar, help)
@@ -128,14 +135,30 @@ def build_parser() -> Parser:
     sample.add_argument(
         "run_dir", type=Path, metavar="RUN_DIR", help="a run directory or checkpoint"
     )
-    sample.add_argument(
+    prompt = sample.add_mutually_exclusive_group()
+    prompt.add_argument(
         "--prompt", default="", help="text to continue (default: token 0, a newline)"
     )
-    sample.add_argument(
-        "--max-new-tokens", type=int, default=500, help="tokens to generate (default: 500)"
+    prompt.add_argument(
+        "--prompt-file", type=Path, metavar="FILE", help="read the prompt from FILE"
     )
-    sample.add_argument("--temperature", type=float, default=1.0, help="0: greedy (default: 1.0)")
-    sample.add_argument("--seed", type=int, default=1337, help="sampling seed (default: 1337)")
+    for f in dataclasses.fields(SampleConfig):
+        kind = field_types(SampleConfig)[f.name]
+        sample.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=converter(kind),
+            default=f.default,
+            metavar=kind.__name__.upper(),
+            help=f"{f.metadata['help']} (default: {f.default!r})",
+        )
+    sample.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end a sample where TEXT appears (repeatable; TEXT is not shown)",
+    )
     sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
     return parser
 
@@ -198,27 +221,52 @@ def run_train(args: argparse.Namespace) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     from tinygpt.checkpoint import load_checkpoint
-    from tinygpt.generate import stream_text
+    from tinygpt.generate import encode_prompt, stream_texts
 
-    checkpoint = load_checkpoint(args.run_dir)
-    pieces = stream_text(
-        checkpoint.model,
-        checkpoint.tokenizer,
-        args.prompt,
-        args.max_new_tokens,
-        checkpoint.config.model.block_size,
-        args.temperature,
-        args.seed,
+    sampling = SampleConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)}
     )
-    text = [args.prompt]
-    sys.stdout.write(args.prompt)
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-        text.append(piece)
-    sys.stdout.write("\n")
+    prompt = args.prompt if args.prompt_file is None else read_prompt(args.prompt_file)
+    if args.output is not None and not args.output.parent.is_dir():
+        fail(f"cannot write {args.output}: no such directory {args.output.parent}")
+    checkpoint = load_checkpoint(args.run_dir)
+    block_size = checkpoint.config.model.block_size
+    ids, was_cut = encode_prompt(checkpoint.tokenizer, prompt, block_size)
+    if was_cut:
+        print(
+            f"tinygpt: note: the prompt is longer than the context; the model sees its last "
+            f"{block_size} tokens",
+            file=sys.stderr,
+        )
+    pieces = stream_texts(
+        checkpoint.model, checkpoint.tokenizer, ids, block_size, sampling, args.stop
+    )
+    texts = [prompt] * sampling.num_samples
+    if sampling.num_samples == 1:
+        sys.stdout.write(prompt)
+    for i, piece in pieces:
+        texts[i] += piece
+        if sampling.num_samples == 1:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    if sampling.num_samples == 1:
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(SAMPLE_SEPARATOR.join(texts) + "\n")
     if args.output is not None:
-        write_text(args.output, "".join(text) + "\n")
+        write_text(args.output, SAMPLE_SEPARATOR.join(texts) + "\n")
+
+
+SAMPLE_SEPARATOR = "\n---------------\n"
+
+
+def read_prompt(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"prompt file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read prompt file {path}: {exc}") from None
 
 
 def write_text(path: Path, text: str) -> None:

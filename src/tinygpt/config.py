@@ -139,6 +139,30 @@ class TrainConfig:
 
 
 @dataclass
+class SampleConfig:
+    """How to draw text from a trained model (not part of a run's config)."""
+
+    max_new_tokens: int = option(500, "tokens to generate")
+    temperature: float = option(1.0, "divide the logits by this; 0 means greedy (argmax)")
+    top_k: int = option(0, "sample among the k most likely tokens only (0: all)")
+    top_p: float = option(1.0, "sample among the smallest set of tokens with this mass (1: all)")
+    num_samples: int = option(1, "samples drawn at once; sample i uses seed + i")
+    seed: int = option(1337, "sampling seed")
+    use_cache: bool = option(True, "decode from a KV cache (GPT) instead of recomputing")
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens >= 1, "max new tokens must be at least 1")
+        _require(
+            math.isfinite(self.temperature) and self.temperature >= 0,
+            f"temperature must be 0 (greedy) or positive, got {self.temperature}",
+        )
+        _require(self.top_k >= 0, f"top-k must be at least 1 (or 0: off), got {self.top_k}")
+        _require(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
+        _require(self.num_samples >= 1, "the number of samples must be at least 1")
+        _require(self.seed >= 0, "the seed must not be negative")
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

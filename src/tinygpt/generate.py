@@ -1,73 +1,191 @@
-"""Text generation: sample one token at a time from any model, as a stream.
+"""Text generation: a stream of tokens from any model, with a KV cache for the GPT.
 
-As in the lecture, the model sees at most the last `block_size` tokens of the context.
+As in the lecture, the model conditions on at most the last `block_size` tokens. The GPT
+prefills the prompt once and then decodes one token per step from its KV cache. When the
+context fills, each position's embedding changes as the window slides (learned positions,
+and every layer's view of the first tokens in the window), so the cache cannot be rolled
+without changing the result: the decoder re-prefills the last `block_size` tokens instead.
+Up to `block_size` tokens are thus decoded from the cache; past it each token costs one
+forward pass over the window, exactly what decoding without a cache costs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from tinygpt.config import SampleConfig
 from tinygpt.errors import UserError
+from tinygpt.models.gpt import GPT, KVCache
 from tinygpt.tokenizer import Tokenizer
 
 
-def check_sampling(max_new_tokens: int, temperature: float) -> None:
-    if max_new_tokens < 1:
-        raise UserError(f"max new tokens must be at least 1, got {max_new_tokens}")
-    if not temperature >= 0:  # also refuses NaN
-        raise UserError(f"temperature must be 0 (greedy) or positive, got {temperature}")
+class Decoder:
+    """Next-token logits for a growing context: `start(prompt)`, then `step(token)`."""
+
+    def __init__(self, model: nn.Module, block_size: int, use_cache: bool = True) -> None:
+        self.model = model.eval()
+        self.block_size = block_size
+        self.use_cache = use_cache and isinstance(model, GPT)
+        self.cache: KVCache | None = None
+        self.window = torch.empty(0)  # (B, <= block_size): the tokens the model sees
+
+    def start(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) prompt -> (B, V) logits of the first new token."""
+        self.window = idx[:, -self.block_size :]
+        if self.use_cache:
+            param = next(self.model.parameters())
+            self.cache = KVCache.empty(self.model.config, idx.size(0), param.device, param.dtype)
+        return self._prefill()
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """(B,) chosen tokens -> (B, V) logits of the token after them."""
+        self.window = torch.cat((self.window, token[:, None]), dim=1)[:, -self.block_size :]
+        if self.cache is None or self.cache.pos >= self.block_size:
+            return self._prefill()  # no cache, or the window slid: recompute it
+        logits, _ = self.model(token[:, None], cache=self.cache)  # (B, 1, V)
+        return logits[:, -1]
+
+    def _prefill(self) -> torch.Tensor:
+        if self.cache is None:
+            logits, _ = self.model(self.window)  # (B, T, V)
+        else:
+            self.cache.pos = 0
+            logits, _ = self.model(self.window, cache=self.cache)
+        return logits[:, -1]
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set to -inf every logit outside the top k and outside the top-p nucleus (0 / 1: off)."""
+    if top_k and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of the more likely tokens
+        drop_sorted = mass_before >= top_p  # keep the smallest set whose mass reaches p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
 
 
 def sample_next_token(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+    logits: torch.Tensor, sampling: SampleConfig, generators: Sequence[torch.Generator]
 ) -> torch.Tensor:
-    """(B, vocab) logits -> (B, 1) token ids; temperature 0 means greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = torch.softmax(logits / temperature, dim=-1)  # (B, vocab)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    """(B, V) logits -> (B,) tokens; row i draws from generators[i] alone."""
+    if sampling.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / sampling.temperature, sampling.top_k, sampling.top_p)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    rows = [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)]
+    return torch.cat(rows)
 
 
 @torch.no_grad()
 def generate(
     model: nn.Module,
     idx: torch.Tensor,
-    max_new_tokens: int,
     block_size: int,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    sampling: SampleConfig,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield (B, 1) new tokens one by one, continuing the (B, T) context `idx`."""
-    check_sampling(max_new_tokens, temperature)
-    model.eval()
-    for _ in range(max_new_tokens):
-        logits, _ = model(idx[:, -block_size:])  # (B, T, vocab)
-        next_token = sample_next_token(logits[:, -1, :], temperature, generator)  # (B, 1)
-        idx = torch.cat((idx, next_token), dim=1)  # (B, T + 1)
-        yield next_token
+    """Yield (B,) new tokens one step at a time, continuing the (B, T) context `idx`."""
+    generators = generators or seeded_generators(sampling.seed, idx.size(0), idx.device)
+    decoder = Decoder(model, block_size, sampling.use_cache)
+    logits = decoder.start(idx)
+    for i in range(sampling.max_new_tokens):
+        token = sample_next_token(logits, sampling, generators)
+        yield token
+        if i + 1 < sampling.max_new_tokens:
+            logits = decoder.step(token)
+
+
+def seeded_generators(seed: int, count: int, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample, seeded seed, seed + 1, ...: a sample does not depend on
+    how many others are drawn beside it."""
+    return [torch.Generator(device=device).manual_seed(seed + i) for i in range(count)]
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> tuple[list[int], bool]:
+    """Token ids of a prompt (token 0 if empty), cut to its last `block_size`; (ids, was_cut)."""
+    ids = tokenizer.encode(prompt) if prompt else [0]
+    return ids[-block_size:], len(ids) > block_size
+
+
+class StopScanner:
+    """Cut a text stream at the first stop string, holding back what could begin one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        if any(not stop for stop in stops):
+            raise UserError("a stop string must not be empty")
+        self.stops = list(stops)
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """The text that is safe to show after `piece`; sets `stopped` at a stop string."""
+        self.pending += piece
+        cuts = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.stopped = True
+            out, self.pending = self.pending[: min(cuts)], ""
+            return out
+        keep = len(self.pending) - self.hold
+        out, self.pending = self.pending[:keep], self.pending[keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+def stream_texts(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    ids: Sequence[int],
+    block_size: int,
+    sampling: SampleConfig,
+    stops: Sequence[str] = (),
+) -> Iterator[tuple[int, str]]:
+    """(sample index, text) pieces as they are generated, each cut at its first stop string.
+
+    The settings are checked here, before the first token is asked for.
+    """
+    device = next(model.parameters()).device
+    idx = torch.tensor([list(ids)] * sampling.num_samples, dtype=torch.long, device=device)
+    scanners = [StopScanner(stops) for _ in range(sampling.num_samples)]
+    tokens = generate(model, idx, block_size, sampling)
+    return _decode_stream(tokens, tokenizer, scanners)
+
+
+def _decode_stream(
+    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, scanners: list[StopScanner]
+) -> Iterator[tuple[int, str]]:
+    for token in tokens:
+        for i, t in enumerate(token.tolist()):
+            if not scanners[i].stopped and (text := scanners[i].feed(tokenizer.decode([t]))):
+                yield i, text
+        if all(s.stopped for s in scanners):
+            return
+    for i, scanner in enumerate(scanners):
+        if not scanner.stopped and (text := scanner.flush()):
+            yield i, text
 
 
 def stream_text(
     model: nn.Module,
     tokenizer: Tokenizer,
     prompt: str,
-    max_new_tokens: int,
     block_size: int,
-    temperature: float = 1.0,
-    seed: int = 1337,
-    device: torch.device | None = None,
+    sampling: SampleConfig,
+    stops: Sequence[str] = (),
 ) -> Iterator[str]:
-    """The decoded text of each new token; an empty prompt starts from token 0.
-
-    The prompt and settings are checked here, before the first token is asked for.
-    """
-    check_sampling(max_new_tokens, temperature)
-    device = device or next(model.parameters()).device
-    ids = tokenizer.encode(prompt) if prompt else [0]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    tokens = generate(model, idx, max_new_tokens, block_size, temperature, generator)
-    return (tokenizer.decode([int(token[0, 0])]) for token in tokens)
+    """The text of one sample (sampling.num_samples is taken as 1), piece by piece."""
+    single = SampleConfig(**{**vars(sampling), "num_samples": 1})
+    ids, _ = encode_prompt(tokenizer, prompt, block_size)
+    pieces = stream_texts(model, tokenizer, ids, block_size, single, stops)
+    return (text for _, text in pieces)

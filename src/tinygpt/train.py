@@ -32,7 +32,7 @@ from tinygpt.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tinygpt.config import RunConfig
+from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import UserError
 from tinygpt.evaluate import bits_per_token, estimate_loss
@@ -210,10 +210,8 @@ def run(session: Session, run_dir: Path, out: TextIO, until: int | None) -> dict
 
 def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:
     cfg = session.config
-    pieces = stream_text(
-        session.model, session.data.tokenizer, "", max_new_tokens, cfg.model.block_size,
-        seed=cfg.train.seed, device=session.device,
-    )  # fmt: skip
+    sampling = SampleConfig(max_new_tokens=max_new_tokens, seed=cfg.train.seed)
+    pieces = stream_text(session.model, session.data.tokenizer, "", cfg.model.block_size, sampling)
     for piece in pieces:
         out.write(piece)
         out.flush()
