@@ -1,6 +1,7 @@
 """Generation speed with and without the KV cache, on the shapes of two presets.
 
     python benchmarks/generation.py [--presets cpu-baby shakespeare-char] [--new-tokens 500]
+                                    [--dtype float32|bfloat16]
 
 Random weights (speed does not depend on them), one sample, greedy decoding, on the CPU.
 For each preset it prints: tokens/s over `--new-tokens` new tokens from a one-token prompt
@@ -52,12 +53,16 @@ def main() -> None:
                         choices=preset_names())  # fmt: skip
     parser.add_argument("--new-tokens", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, greedy, 1 sample")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, greedy, 1 sample, "
+        f"{args.dtype} weights"
+    )
     for preset in args.presets:
         config = resolve(preset).model
         torch.manual_seed(0)
-        model = build_model(config, VOCAB).eval()
+        model = build_model(config, VOCAB).eval().to(getattr(torch, args.dtype))
         block = config.block_size
         for use_cache in (True, False):
             label = "cache   " if use_cache else "no cache"

@@ -184,6 +184,7 @@ def test_bad_sampling_input_is_one_line_and_exit_2(cli, run_dir: Path, tmp_path:
         (["--top-p", "0"], "top-p must be in (0, 1]"),
         (["--top-p", "1.5"], "top-p must be in (0, 1]"),
         (["--num-samples", "0"], "number of samples"),
+        (["--dtype", "float16"], "unknown sampling dtype 'float16'"),
         (["--stop", ""], "stop string must not be empty"),
         (["--prompt-file", str(tmp_path / "none.txt")], "prompt file not found"),
         (["--prompt", "a", "--prompt-file", "b"], "not allowed with argument"),
@@ -209,6 +210,8 @@ def test_sample_controls(cli, run_dir: Path, tmp_path: Path) -> None:
     greedy, _ = sample("--temperature", "0")
     assert sample("--top-k", "1", "--seed", "9")[0] == greedy
     assert sample("--use-cache", "false", "--temperature", "0")[0] == greedy
+    bf16, _ = sample("--dtype", "bfloat16", "--seed", "3")
+    assert len(bf16) == 61
     full, _ = sample("--seed", "3")
     stopped, _ = sample("--seed", "3", "--stop", "e")
     assert "e" in full and stopped == full.split("e")[0] + "\n"

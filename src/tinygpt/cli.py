@@ -220,6 +220,8 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> None:
+    import torch
+
     from tinygpt.checkpoint import load_checkpoint
     from tinygpt.generate import encode_prompt, stream_texts
 
@@ -230,6 +232,7 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.output is not None and not args.output.parent.is_dir():
         fail(f"cannot write {args.output}: no such directory {args.output.parent}")
     checkpoint = load_checkpoint(args.run_dir)
+    model = checkpoint.model.to(getattr(torch, sampling.dtype))
     block_size = checkpoint.config.model.block_size
     ids, was_cut = encode_prompt(checkpoint.tokenizer, prompt, block_size)
     if was_cut:
@@ -238,9 +241,7 @@ def run_sample(args: argparse.Namespace) -> None:
             f"{block_size} tokens",
             file=sys.stderr,
         )
-    pieces = stream_texts(
-        checkpoint.model, checkpoint.tokenizer, ids, block_size, sampling, args.stop
-    )
+    pieces = stream_texts(model, checkpoint.tokenizer, ids, block_size, sampling, args.stop)
     texts = [prompt] * sampling.num_samples
     if sampling.num_samples == 1:
         sys.stdout.write(prompt)

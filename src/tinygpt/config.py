@@ -149,9 +149,14 @@ class SampleConfig:
     num_samples: int = option(1, "samples drawn at once; sample i uses seed + i")
     seed: int = option(1337, "sampling seed")
     use_cache: bool = option(True, "decode from a KV cache (GPT) instead of recomputing")
+    dtype: str = option("float32", "weights for sampling: float32, or bfloat16 (half the bytes)")
 
     def __post_init__(self) -> None:
         _require(self.max_new_tokens >= 1, "max new tokens must be at least 1")
+        _require(
+            self.dtype in ("float32", "bfloat16"),
+            f"unknown sampling dtype {self.dtype!r} (float32, bfloat16)",
+        )
         _require(
             math.isfinite(self.temperature) and self.temperature >= 0,
             f"temperature must be 0 (greedy) or positive, got {self.temperature}",
