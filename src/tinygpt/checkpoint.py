@@ -47,6 +47,13 @@ def checkpoints_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+def write_run_config(run_dir: Path, config: RunConfig) -> None:
+    """config.json, replaced atomically so that a crash never leaves half of it."""
+    tmp = run_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(run_dir / "config.json")
+
+
 def is_run_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
@@ -61,7 +68,31 @@ def save_checkpoint(
     train_state: dict[str, Any] | None = None,
     name: str | None = None,
 ) -> Path:
-    """Write checkpoints/NAME (default step-N) atomically and return its path."""
+    """Write checkpoints/NAME (default step-N) atomically and return its path.
+
+    Non-finite weights are refused, and a failed write (full disk, read-only folder) leaves
+    the checkpoints already there as they were.
+    """
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise UserError(f"refusing to save step {step}: the weights hold NaN or infinity")
+    try:
+        return _write_checkpoint(
+            run_dir, step, model, config, tokenizer, metrics, train_state, name
+        )
+    except OSError as exc:
+        raise UserError(f"cannot write a checkpoint in {run_dir}: {exc.strerror or exc}") from None
+
+
+def _write_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    config: RunConfig,
+    tokenizer: Tokenizer,
+    metrics: dict[str, Any],
+    train_state: dict[str, Any] | None,
+    name: str | None,
+) -> Path:
     parent = checkpoints_dir(run_dir)
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / (name or f"step-{step:08d}")
@@ -94,6 +125,23 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
     tmp.rename(final)
     _fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_checkpoints(run_dir: Path) -> None:
+    """Remove what an interrupted save left: temporary folders, and a swapped-out old copy
+    (put back if its replacement never arrived)."""
+    parent = checkpoints_dir(run_dir)
+    if not parent.is_dir():
+        return
+    for path in parent.iterdir():
+        if path.name.startswith(".tmp-"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith(".old-"):
+            original = parent / path.name.removeprefix(".old-")
+            if original.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.rename(original)
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -162,9 +210,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if meta.get("format") != FORMAT_VERSION:
         raise UserError(f"checkpoint {folder} has unsupported format {meta.get('format')!r}")
     model = build_model(config.model, tokenizer.vocab_size)
+    weights = folder / "model.safetensors"
     try:
-        safetensors.torch.load_model(model, str(folder / "model.safetensors"), device="cpu")
-    except (OSError, RuntimeError, safetensors.SafetensorError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {folder} does not match its config: {first_line}") from None
+        safetensors.torch.load_model(model, str(weights), device="cpu")
+    except RuntimeError as exc:  # names or shapes differ from what the config builds
+        raise UserError(
+            f"checkpoint {folder} does not match its config: {_first_line(exc)}"
+        ) from None
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise UserError(f"checkpoint {folder}: weights do not load ({_first_line(exc)})") from None
     return Checkpoint(folder, step, config, tokenizer, model, metrics)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

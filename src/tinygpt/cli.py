@@ -22,7 +22,7 @@ from tinygpt.config import (
     resolve,
     section_types,
 )
-from tinygpt.errors import UserError
+from tinygpt.errors import TrainingInterrupted, UserError
 
 SHORTCUTS = {  # short flag -> (config key, metavar, help)
     "--data": ("data.dataset", "NAME|FILE", "registered corpus or UTF-8 text file"),
@@ -286,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         COMMANDS[args.command](args)
     except UserError as exc:
         fail(str(exc))
+    except TrainingInterrupted as exc:
+        print(f"tinygpt: {exc}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
+    except OSError as exc:  # a full disk or a read-only folder, outside checkpoint writes
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{exc.strerror or exc}{where}")
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         sys.exit(130)

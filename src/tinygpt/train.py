@@ -12,7 +12,9 @@ import contextlib
 import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,15 +28,18 @@ from tqdm import tqdm
 
 from tinygpt.batches import check_length, random_batch
 from tinygpt.checkpoint import (
+    clean_checkpoints,
     find_checkpoint,
     is_run_dir,
+    list_checkpoints,
     load_train_state,
     prune_checkpoints,
     save_checkpoint,
+    write_run_config,
 )
 from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.data import PreparedData, prepare
-from tinygpt.errors import UserError
+from tinygpt.errors import TrainingInterrupted, UserError
 from tinygpt.evaluate import bits_per_token, estimate_loss
 from tinygpt.generate import stream_text
 from tinygpt.models import build_model, count_parameters
@@ -131,22 +136,27 @@ def train(
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_run_config(run_dir, config)
     return run(session, run_dir, out or sys.stdout, until)
 
 
 def resume(
     run_dir: Path, steps: int | None = None, out: TextIO | None = None, until: int | None = None
 ) -> dict[str, float]:
-    """Continue a run from its newest checkpoint (optionally to a new total of `steps`)."""
+    """Continue a run from its newest complete checkpoint (optionally to `steps` in all).
+
+    Leftovers of an interrupted save are cleaned up first; a run stopped before its first
+    checkpoint starts again from step 0 with its saved config.
+    """
     if not is_run_dir(run_dir):
         raise UserError(f"cannot resume {run_dir}: it is not a tinygpt run directory")
+    clean_checkpoints(run_dir)
+    if not list_checkpoints(run_dir):
+        config = _config_with_steps(load_run_config(run_dir), steps)
+        return train(config, run_dir, overwrite=True, out=out, until=until)
     folder = find_checkpoint(run_dir)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    values = meta["config"]
-    if steps is not None:
-        values["train"]["steps"] = steps
-    config = RunConfig.from_dict(values)
+    config = _config_with_steps(RunConfig.from_dict(meta["config"]), steps)
     if meta["step"] >= config.train.steps:
         raise UserError(
             f"{run_dir} already finished {meta['step']} steps; pass --steps N to train further"
@@ -155,9 +165,24 @@ def resume(
     safetensors.torch.load_model(session.model, str(folder / "model.safetensors"))
     restore_train_state(session, load_train_state(folder))
     _drop_metrics_after(run_dir / "metrics.jsonl", session.step)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_run_config(run_dir, config)
     print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
     return run(session, run_dir, out or sys.stdout, until)
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    try:
+        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text("utf-8")))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {run_dir / 'config.json'}: {exc}") from None
+
+
+def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
+    if steps is None:
+        return config
+    return RunConfig.from_dict(
+        {**config.to_dict(), "train": {**config.to_dict()["train"], "steps": steps}}
+    )
 
 
 def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
@@ -185,8 +210,16 @@ def _drop_metrics_after(path: Path, step: int) -> None:
     """Lines logged after the checkpoint we resume from will be logged again."""
     if not path.exists():
         return
-    kept = [line for line in path.open(encoding="utf-8") if json.loads(line)["step"] <= step]
+    kept = [line for line in path.open(encoding="utf-8") if _logged_step(line) <= step]
     path.write_text("".join(kept), encoding="utf-8")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; a line cut short by a crash counts as past any step."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def run(session: Session, run_dir: Path, out: TextIO, until: int | None) -> dict[str, float]:
@@ -235,8 +268,11 @@ def evaluate(session: Session) -> dict[str, float]:
     return {**losses, "val_bpc": bits_per_token(losses["val_loss"])}
 
 
-def train_step(session: Session) -> tuple[float, float | None]:
-    """One optimizer step over `grad_accum_steps` micro-batches: (mean loss, grad norm)."""
+def train_step(session: Session) -> tuple[float, float]:
+    """One optimizer step over `grad_accum_steps` micro-batches: (mean loss, grad norm).
+
+    A non-finite loss or gradient norm raises TrainingDiverged before the update.
+    """
     cfg = session.config
     accum = cfg.train.grad_accum_steps
     lr = lr_at(session.step, cfg.optim, cfg.train.steps)
@@ -251,68 +287,135 @@ def train_step(session: Session) -> tuple[float, float | None]:
             _, loss = session.forward(x.to(session.device), y.to(session.device))
         (loss / accum).backward()  # the mean over all micro-batches, as one big batch
         total += loss.detach()
-    grad_norm = None
-    if cfg.optim.grad_clip > 0:
-        grad_norm = nn.utils.clip_grad_norm_(session.model.parameters(), cfg.optim.grad_clip)
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    grad_norm = nn.utils.clip_grad_norm_(session.model.parameters(), max_norm).item()
+    mean_loss = (total / accum).item()
+    if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
+        session.optimizer.zero_grad(set_to_none=True)  # the weights stay as they were
+        raise TrainingDiverged(session.step + 1, mean_loss, grad_norm, lr)
     session.optimizer.step()
     session.optimizer.zero_grad(set_to_none=True)
     session.step += 1
-    return (total / accum).item(), None if grad_norm is None else grad_norm.item()
+    return mean_loss, grad_norm
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient norm stopped being a finite number."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, lr: float) -> None:
+        super().__init__(
+            f"training diverged at step {step} (loss {loss}, gradient norm {grad_norm}, "
+            f"lr {lr:.3g}); stopped before the update, checkpoints hold the last good weights; "
+            "try a lower --optim.lr or --optim.grad_clip"
+        )
+
+
+class StopOnSignal:
+    """The first SIGINT or SIGTERM asks the loop to stop at the next step boundary; the
+    handlers then go back to the defaults, so a second signal ends the process at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class Throughput:
+    """Tokens per second over the steps since the last restart (evaluation left out)."""
+
+    def __init__(self, tokens_per_step: int) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.steps = time.perf_counter(), 0
+
+    def rate(self) -> float:
+        return self.steps * self.tokens_per_step / (time.perf_counter() - self.start)
 
 
 def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) -> dict[str, float]:
-    """The training loop: steps, periodic evaluation and checkpoints, metrics.jsonl."""
+    """The training loop: steps, periodic evaluation and checkpoints, metrics.jsonl.
+
+    A SIGINT or SIGTERM ends it at the next step boundary with a checkpoint.
+    """
     cfg = session.config.train
     last_step = min(cfg.steps, until) if until is not None else cfg.steps
-    tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * session.config.model.block_size
     log = MetricsLog(run_dir / "metrics.jsonl", session.elapsed_s)
     bar = tqdm(total=cfg.steps, initial=session.step, desc="train", unit="step", disable=None)
+    meter = Throughput(cfg.batch_size * cfg.grad_accum_steps * session.config.model.block_size)
     session.model.train()
-    try:
-        last = {}
+    last: dict[str, float] = {}
+    with StopOnSignal() as stop, contextlib.closing(log), bar:
         if session.step == 0:
             last = _evaluate_and_save(session, run_dir, log, out)
-        window_start, window_steps = time.perf_counter(), 0
         while session.step < last_step:
             loss, grad_norm = train_step(session)
-            window_steps += 1
+            meter.steps += 1
             bar.update(1)
             step = session.step
             if step % cfg.log_interval == 0 or step == cfg.steps:
-                tokens_per_s = window_steps * tokens_per_step / (time.perf_counter() - window_start)
-                lr = session.optimizer.param_groups[0]["lr"]
-                record = {"loss": round(loss, 6), "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
-                if grad_norm is not None:
-                    record["grad_norm"] = round(grad_norm, 6)
-                log.write(step, **record)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-                window_start, window_steps = time.perf_counter(), 0
-            if step % cfg.eval_interval == 0 or step == cfg.steps:
+                _log_step(session, log, bar, meter, loss, grad_norm)
+            saved = step % cfg.eval_interval == 0 or step == cfg.steps
+            if saved:
                 last = _evaluate_and_save(session, run_dir, log, out)
-                window_start = time.perf_counter()  # keep evaluation out of tokens/s
-    finally:
-        bar.close()
-        log.close()
+                meter.restart()  # keep evaluation out of tokens/s
+            if stop.signum is not None:
+                if not saved:
+                    _save(session, run_dir, last, log.elapsed(), is_best=False)
+                raise TrainingInterrupted(step, stop.signum, run_dir)
     return last
+
+
+def _log_step(
+    session: Session, log: MetricsLog, bar: tqdm, meter: Throughput, loss: float, grad_norm: float
+) -> None:
+    tokens_per_s = meter.rate()
+    lr = session.optimizer.param_groups[0]["lr"]
+    record = {"loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6)}
+    log.write(session.step, **record, tokens_per_s=round(tokens_per_s, 1))
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+    meter.restart()
 
 
 def _evaluate_and_save(
     session: Session, run_dir: Path, log: MetricsLog, out: TextIO
 ) -> dict[str, float]:
-    step = session.step
     metrics = {k: round(v, 6) for k, v in evaluate(session).items()}
-    log.write(step, **metrics)
-    line = (
-        f"step {step}: train loss {metrics['train_loss']:.4f}, val loss {metrics['val_loss']:.4f}"
+    log.write(session.step, **metrics)
+    train_loss, val_loss = metrics["train_loss"], metrics["val_loss"]
+    tqdm.write(
+        f"step {session.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}", file=out
     )
-    tqdm.write(line, file=out)
-    cfg, tokenizer = session.config, session.data.tokenizer
-    is_best = metrics["val_loss"] < session.best_val_loss
+    is_best = val_loss < session.best_val_loss
     if is_best:
-        session.best_val_loss = metrics["val_loss"]
-    state = train_state(session, log.elapsed())
+        session.best_val_loss = val_loss
+    _save(session, run_dir, metrics, log.elapsed(), is_best)
+    return metrics
+
+
+def _save(
+    session: Session, run_dir: Path, metrics: dict[str, float], elapsed_s: float, is_best: bool
+) -> None:
+    """A resumable checkpoint of this step, a copy as `best` if it is, and pruning."""
+    cfg, tokenizer, step = session.config, session.data.tokenizer, session.step
+    state = train_state(session, elapsed_s)
     save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, state)
     if is_best:
         save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, name="best")
     prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
-    return metrics
