@@ -1,8 +1,8 @@
 """Kill a training run with SIGKILL at random instants, resume it each time, compare.
 
-    python benchmarks/kill_harness.py [--kills 20] [--steps 400] [--seed 0] [--data NAME|FILE]
+    python benchmarks/kill_harness.py [--kills 20] [--steps 400] [--every 5] [--seed 0]
 
-Trains the `cpu-baby` shapes, shortened (`--steps`, a checkpoint every 5 steps), once without
+Trains the `cpu-baby` shapes, shortened (`--steps`, a checkpoint every `--every` steps), once without
 interruption and once under fire: `tinygpt train` is started, killed with SIGKILL after a
 random delay (during start-up, steps or saves alike), every checkpoint left is loaded (weights,
 metadata and training state), and the run is resumed with `tinygpt train --resume`, until
@@ -28,10 +28,10 @@ from tinygpt.checkpoint import checkpoints_dir, list_checkpoints, load_checkpoin
 from tinygpt.errors import UserError
 
 
-def train_command(run_dir: Path, steps: int, data: str) -> list[str]:
+def train_command(run_dir: Path, steps: int, data: str, every: int) -> list[str]:
     return [
         sys.executable, "-m", "tinygpt", "train", "--preset", "cpu-baby", "--data", data,
-        "--steps", str(steps), "--train.eval_interval", "5", "--train.eval_batches", "2",
+        "--steps", str(steps), "--train.eval_interval", str(every), "--train.eval_batches", "2",
         "--optim.warmup_steps", "10", "--train.sample_tokens", "0", "--out", str(run_dir),
     ]  # fmt: skip
 
@@ -64,13 +64,19 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def run_harness(
-    kills: int, steps: int, seed: int, data: str, workdir: Path, delays: tuple[float, float]
+    kills: int,
+    steps: int,
+    seed: int,
+    data: str,
+    workdir: Path,
+    delays: tuple[float, float],
+    every: int = 5,
 ) -> dict[str, int]:
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    subprocess.run(train_command(workdir / "whole", steps, data), check=True, **quiet)
+    subprocess.run(train_command(workdir / "whole", steps, data, every), check=True, **quiet)
     run_dir, rng = workdir / "killed", random.Random(seed)
     counts = {"kills": 0, "kills_during_save": 0, "resumes": 0, "corrupt": 0}
-    command = train_command(run_dir, steps, data)
+    command = train_command(run_dir, steps, data, every)
     while True:
         process = subprocess.Popen(command, **quiet)
         if counts["kills"] < kills:
@@ -102,13 +108,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="seed for the kill delays")
     parser.add_argument("--data", default="tinyshakespeare")
+    parser.add_argument("--every", type=int, default=5, help="steps between checkpoints")
     parser.add_argument("--min-delay", type=float, default=1.5, help="seconds")
     parser.add_argument("--max-delay", type=float, default=5.0, help="seconds")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         delays = (args.min_delay, args.max_delay)
-        counts = run_harness(args.kills, args.steps, args.seed, args.data, Path(tmp), delays)
+        counts = run_harness(
+            args.kills, args.steps, args.seed, args.data, Path(tmp), delays, args.every
+        )
     print(
         f"kills {counts['kills']} ({counts['kills_during_save']} while a save was under way), "
         f"resumes {counts['resumes']}, corrupt checkpoints {counts['corrupt']}, "

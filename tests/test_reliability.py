@@ -325,7 +325,7 @@ option_values = st.sampled_from(
 
 @FUZZ
 @given(st.lists(st.tuples(option_names, option_values), max_size=4))
-def test_any_command_line_exits_cleanly(monkeypatch_session, capsys, argv: list) -> None:
+def test_any_command_line_exits_cleanly(training_replaced, capsys, argv: list) -> None:
     from tinygpt.cli import main
 
     flat = ["train", *(item for pair in argv for item in pair)]
@@ -339,7 +339,7 @@ def test_any_command_line_exits_cleanly(monkeypatch_session, capsys, argv: list)
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_session():
+def training_replaced():
     """Training itself is replaced: the fuzzer exercises parsing and validation only."""
     import tinygpt.train
 
