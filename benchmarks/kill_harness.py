@@ -2,13 +2,14 @@
 
     python benchmarks/kill_harness.py [--kills 20] [--steps 400] [--every 5] [--seed 0]
 
-Trains the `cpu-baby` shapes, shortened (`--steps`, a checkpoint every `--every` steps), once without
-interruption and once under fire: `tinygpt train` is started, killed with SIGKILL after a
-random delay (during start-up, steps or saves alike), every checkpoint left is loaded (weights,
-metadata and training state), and the run is resumed with `tinygpt train --resume`, until
-`--kills` kills are done; then it runs to the end. Prints the kills, how many struck while a
-save was under way, resumes, corrupt checkpoints, and tensors whose final weights differ
-from the uninterrupted run (on a CPU they must be identical).
+Trains the `cpu-baby` shapes, shortened (`--steps`, a checkpoint every `--every` steps),
+once without interruption and once under fire: `tinygpt train` is started, killed with
+SIGKILL after a random delay (during start-up, steps or saves alike), every checkpoint left
+is loaded (weights, metadata and training state), and the run is resumed with
+`tinygpt train --resume`, until `--kills` kills are done; then it runs to the end. Prints
+the kills, how many struck while a save was under way, resumes, corrupt checkpoints, and
+tensors whose final weights differ from the uninterrupted run (on a CPU they must be
+identical).
 """
 
 from __future__ import annotations
