@@ -37,17 +37,35 @@ def batch_at(
 
 
 def random_batch(
-    data: np.ndarray, batch_size: int, block_size: int, generator: torch.Generator
+    data: np.ndarray,
+    batch_size: int,
+    block_size: int,
+    generator: torch.Generator,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch of random windows, as the lecture's get_batch (same draws for the same seed)."""
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    return batch_at(data, starts, block_size)
+    """One batch of random windows, as the lecture's get_batch (same draws for the same seed).
+
+    In a group of `world_size` processes every rank draws the same global batch of
+    batch_size * world_size windows and keeps its own slice, so the global batch is the
+    same whatever the group size, and one generator state describes every rank's stream.
+    """
+    n_windows = len(data) - block_size
+    starts = torch.randint(n_windows, (batch_size * world_size,), generator=generator)
+    return batch_at(data, starts[rank * batch_size : (rank + 1) * batch_size], block_size)
 
 
 def eval_batches(
-    data: np.ndarray, split: str, n_batches: int, batch_size: int, block_size: int, seed: int
+    data: np.ndarray,
+    split: str,
+    n_batches: int,
+    batch_size: int,
+    block_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The same `n_batches` batches every time it is called with the same arguments."""
     generator = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET[split])
     for _ in range(n_batches):
-        yield random_batch(data, batch_size, block_size, generator)
+        yield random_batch(data, batch_size, block_size, generator, rank, world_size)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -127,6 +129,10 @@ def build_parser() -> Parser:
         metavar="RUN_DIR",
         help="continue a run from its newest checkpoint (--steps may raise its total)",
     )
+    train.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train with N processes on this machine (launches torchrun; default: 1)",
+    )  # fmt: skip
     add_config_options(train)
 
     sample = commands.add_parser(
@@ -201,10 +207,62 @@ def default_preset() -> str:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    if args.nproc != 1:
+        launch_torchrun(args)
+    import torch.distributed as dist
+
+    try:
+        train_here(args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch_torchrun(args: argparse.Namespace) -> NoReturn:
+    """`--nproc N`: the same command again, under torchrun with N processes here."""
+    if args.nproc < 1:
+        fail("--nproc must be at least 1")
+    if "WORLD_SIZE" in os.environ:
+        fail("--nproc starts torchrun itself; under torchrun, leave it out")
+    if args.resume is None:  # a bad option fails here, once, rather than in every process
+        resolve(args.preset or (None if args.config else default_preset()), args.config,
+                config_overrides(args))  # fmt: skip
+    argv = without_option(args.argv, "--nproc")
+    if args.out is None and args.resume is None:  # every process must agree on the name
+        argv += ["--out", str(default_run_dir(args.preset or default_preset()))]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={args.nproc}", "-m", "tinygpt", *argv]  # fmt: skip
+    sys.exit(subprocess.run(command, check=False).returncode)
+
+
+def without_option(argv: list[str], flag: str) -> list[str]:
+    """argv less `flag VALUE` and `flag=VALUE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(f"{flag}="):
+            kept.append(arg)
+    return kept
+
+
+def default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train_here(args: argparse.Namespace) -> None:
+    from tinygpt.checkpoint import is_run_dir
     from tinygpt.train import resume, train
 
     overrides = config_overrides(args)
-    if args.resume is not None:
+    if "WORLD_SIZE" in os.environ and args.out is None and args.resume is None:
+        fail("under torchrun, name the run directory with --out (restarts resume from it)")
+    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    if restarted and args.resume is None and is_run_dir(args.out):
+        final, run_dir = resume(args.out), args.out  # torchrun restarted the group
+    elif args.resume is not None:
         steps = overrides.get("train", {}).pop("steps", None)
         if any(overrides.values()) or args.preset or args.config or args.out or args.overwrite:
             fail("--resume continues a run with its own config; only --steps may be given")
@@ -212,11 +270,11 @@ def run_train(args: argparse.Namespace) -> None:
     else:
         preset = args.preset or (None if args.config else default_preset())
         config = resolve(preset, args.config, overrides)
-        name = preset or args.config.stem
-        run_dir = args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.out or default_run_dir(preset or args.config.stem)
         final = train(config, run_dir, overwrite=args.overwrite)
-    print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
-    print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
+        print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
 
 
 def run_sample(args: argparse.Namespace) -> None:
@@ -281,7 +339,9 @@ COMMANDS = {"data": run_data, "inspect": run_inspect, "train": run_train, "sampl
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for --nproc to pass on
     try:
         COMMANDS[args.command](args)
     except UserError as exc:

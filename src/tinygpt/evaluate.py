@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from tinygpt.batches import batch_at, eval_batches
+from tinygpt.runtime import SINGLE_PROCESS, Distributed, all_mean
 
 
 @torch.no_grad()
@@ -20,17 +21,25 @@ def estimate_loss(
     block_size: int,
     seed: int,
     device: torch.device,
+    group: Distributed = SINGLE_PROCESS,
 ) -> dict[str, float]:
-    """{'train_loss': ..., 'val_loss': ...} over the same seeded batches on every call."""
+    """{'train_loss': ..., 'val_loss': ...} over the same seeded batches on every call.
+
+    In a torchrun group each rank scores its slice of every batch and the means are averaged
+    over the group: the same figure as one process scoring whole batches.
+    """
     was_training = model.training
     model.eval()
     losses = {}
     for split, data in splits.items():
         total = 0.0
-        for x, y in eval_batches(data, split, n_batches, batch_size, block_size, seed):
+        batches = eval_batches(
+            data, split, n_batches, batch_size, block_size, seed, group.rank, group.world_size
+        )
+        for x, y in batches:
             _, loss = model(x.to(device), y.to(device))
             total += loss.item()
-        losses[f"{split}_loss"] = total / n_batches
+        losses[f"{split}_loss"] = all_mean(total / n_batches, group, device)
     model.train(was_training)
     return losses
 

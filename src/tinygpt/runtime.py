@@ -1,11 +1,14 @@
-"""Where and how computation runs: device choice and seeding."""
+"""Where and how computation runs: device, dtype, seeds, RNG states, and the torchrun group."""
 
 from __future__ import annotations
 
+import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from tinygpt.errors import UserError
 
@@ -53,3 +56,65 @@ def set_rng_states(states: dict[str, torch.Tensor | list[torch.Tensor]]) -> None
     torch.set_rng_state(states["torch"])  # type: ignore[arg-type]
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun group (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+SINGLE_PROCESS = Distributed()
+
+
+def distributed_from_env() -> Distributed:
+    """Read the rank and group size that torchrun sets; plain runs are a group of one."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    return Distributed(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world_size)
+
+
+def init_distributed(dist_info: Distributed, device: torch.device) -> torch.device:
+    """Join the process group (nccl on CUDA, gloo on CPU); a CUDA rank gets its own GPU."""
+    if not dist_info.enabled or dist.is_initialized():
+        return device if device.type != "cuda" else torch.device("cuda", dist_info.local_rank)
+    if device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def all_mean(value: float, dist_info: Distributed, device: torch.device) -> float:
+    """The mean of a number over the group (the number itself in a group of one)."""
+    if not dist_info.enabled:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.item() / dist_info.world_size
+
+
+def any_rank(flag: bool, dist_info: Distributed, device: torch.device) -> bool:
+    """True on every rank if it is true on one (so that all ranks stop at the same step)."""
+    if not dist_info.enabled:
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def barrier(dist_info: Distributed) -> None:
+    if dist_info.enabled:
+        dist.barrier()

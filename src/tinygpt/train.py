@@ -9,8 +9,10 @@ for bit where an uninterrupted run ends.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -24,6 +26,7 @@ from typing import Any, TextIO
 import safetensors.torch
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tinygpt.batches import check_length, random_batch
@@ -46,7 +49,14 @@ from tinygpt.models import build_model, count_parameters
 from tinygpt.optim import lr_at, make_optimizer
 from tinygpt.plot import plot_losses
 from tinygpt.runtime import (
+    SINGLE_PROCESS,
+    Distributed,
+    all_mean,
+    any_rank,
     autocast_dtype,
+    barrier,
+    distributed_from_env,
+    init_distributed,
     resolve_device,
     rng_states,
     seed_everything,
@@ -65,7 +75,8 @@ class Session:
     optimizer: torch.optim.Optimizer
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None: float32
-    generator: torch.Generator  # the training batch stream
+    generator: torch.Generator  # the training batch stream (the same on every rank)
+    group: Distributed = SINGLE_PROCESS  # this process's place in a torchrun group
     step: int = 0  # optimizer steps done
     best_val_loss: float = math.inf
     elapsed_s: float = 0.0  # training time before this process (resumed runs)
@@ -74,20 +85,23 @@ class Session:
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, each with `step` and `elapsed_s`."""
 
-    def __init__(self, path: Path, elapsed_before: float = 0.0) -> None:
-        self.file = path.open("a", encoding="utf-8")
+    def __init__(self, path: Path, elapsed_before: float = 0.0, enabled: bool = True) -> None:
+        self.file = path.open("a", encoding="utf-8") if enabled else None  # rank 0 writes
         self.start = time.perf_counter() - elapsed_before
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def write(self, step: int, **values: float) -> None:
+        if self.file is None:
+            return
         record = {"step": step, "elapsed_s": round(self.elapsed(), 4), **values}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def setup(config: RunConfig) -> Session:
@@ -95,14 +109,20 @@ def setup(config: RunConfig) -> Session:
     data = prepare(config.data)
     check_length(data.train, config.model.block_size, "train")
     check_length(data.val, config.model.block_size, "val")
-    device = resolve_device(config.train.device)
+    group = distributed_from_env()
+    device = init_distributed(group, resolve_device(config.train.device))
     seed_everything(config.train.seed)
     model = build_model(config.model, data.tokenizer.vocab_size).to(device)
     forward = torch.compile(model) if config.train.compile else model
+    if group.enabled:  # averages gradients over the group; starts from rank 0's weights
+        forward = DistributedDataParallel(
+            forward, device_ids=[device] if device.type == "cuda" else None
+        )
+        torch.manual_seed(config.train.seed + group.rank)  # dropout differs between ranks
     optimizer = make_optimizer(model, config.optim, device)
     generator = torch.Generator().manual_seed(config.train.seed)
     dtype = autocast_dtype(config.train.dtype, device)
-    return Session(config, data, model, forward, optimizer, device, dtype, generator)
+    return Session(config, data, model, forward, optimizer, device, dtype, generator, group)
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -131,13 +151,16 @@ def train(
 
     `until` stops after that many steps (as an interruption would); `resume` goes on.
     """
-    check_run_dir(run_dir, overwrite)
     session = setup(config)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    write_run_config(run_dir, config)
-    return run(session, run_dir, out or sys.stdout, until)
+    check_run_dir(run_dir, overwrite)
+    barrier(session.group)  # every rank has looked before rank 0 makes the directory
+    if session.group.is_main:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        write_run_config(run_dir, config)
+    barrier(session.group)
+    return run(session, run_dir, out, until)
 
 
 def resume(
@@ -145,12 +168,11 @@ def resume(
 ) -> dict[str, float]:
     """Continue a run from its newest complete checkpoint (optionally to `steps` in all).
 
-    Leftovers of an interrupted save are cleaned up first; a run stopped before its first
-    checkpoint starts again from step 0 with its saved config.
+    Leftovers of an interrupted save are ignored and then removed; a run stopped before its
+    first checkpoint starts again from step 0 with its saved config.
     """
     if not is_run_dir(run_dir):
         raise UserError(f"cannot resume {run_dir}: it is not a tinygpt run directory")
-    clean_checkpoints(run_dir)
     if not list_checkpoints(run_dir):
         config = _config_with_steps(load_run_config(run_dir), steps)
         return train(config, run_dir, overwrite=True, out=out, until=until)
@@ -164,10 +186,13 @@ def resume(
     session = setup(config)
     safetensors.torch.load_model(session.model, str(folder / "model.safetensors"))
     restore_train_state(session, load_train_state(folder))
-    _drop_metrics_after(run_dir / "metrics.jsonl", session.step)
-    write_run_config(run_dir, config)
-    print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
-    return run(session, run_dir, out or sys.stdout, until)
+    barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
+    if session.group.is_main:
+        clean_checkpoints(run_dir)
+        _drop_metrics_after(run_dir / "metrics.jsonl", session.step)
+        write_run_config(run_dir, config)
+        print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
+    return run(session, run_dir, out, until)
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -222,15 +247,20 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def run(session: Session, run_dir: Path, out: TextIO, until: int | None) -> dict[str, float]:
-    """Report, fit, plot the losses and print a sample."""
+def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) -> dict[str, float]:
+    """Report, fit, plot the losses and print a sample (rank 0 alone reports)."""
+    if not session.group.is_main:
+        return fit(session, run_dir, io.StringIO(), until)
+    out = out or sys.stdout
     config = session.config
     n_params = count_parameters(session.model)
     print(f"run directory: {run_dir}", file=out)
     print(f"config: {json.dumps(config.to_dict())}", file=out)
     precision = "bfloat16 autocast" if session.dtype else "float32"
+    group = f", {session.group.world_size} processes" if session.group.enabled else ""
     print(
-        f"model: {config.model.arch}, {n_params:,} parameters, on {session.device}, {precision}",
+        f"model: {config.model.arch}, {n_params:,} parameters, on {session.device}, "
+        f"{precision}{group}",
         file=out,
     )
     final = fit(session, run_dir, out, until)
@@ -262,10 +292,15 @@ def evaluate(session: Session) -> dict[str, float]:
     splits = {"train": session.data.train, "val": session.data.val}
     with autocast(session):
         losses = estimate_loss(
-            session.forward, splits, cfg.train.eval_batches, cfg.train.batch_size,
-            cfg.model.block_size, cfg.train.seed, session.device,
+            _unwrapped(session.forward), splits, cfg.train.eval_batches, cfg.train.batch_size,
+            cfg.model.block_size, cfg.train.seed, session.device, session.group,
         )  # fmt: skip
     return {**losses, "val_bpc": bits_per_token(losses["val_loss"])}
+
+
+def _unwrapped(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """The (possibly compiled) model inside DDP: evaluation has no gradients to average."""
+    return forward.module if isinstance(forward, DistributedDataParallel) else forward
 
 
 def train_step(session: Session) -> tuple[float, float]:
@@ -276,16 +311,19 @@ def train_step(session: Session) -> tuple[float, float]:
     cfg = session.config
     accum = cfg.train.grad_accum_steps
     lr = lr_at(session.step, cfg.optim, cfg.train.steps)
-    for group in session.optimizer.param_groups:
-        group["lr"] = lr
+    for param_group in session.optimizer.param_groups:
+        param_group["lr"] = lr
     total = torch.zeros((), device=session.device)
-    for _ in range(accum):
+    group = session.group
+    for micro_step in range(accum):
         x, y = random_batch(
-            session.data.train, cfg.train.batch_size, cfg.model.block_size, session.generator
-        )
-        with autocast(session):
+            session.data.train, cfg.train.batch_size, cfg.model.block_size, session.generator,
+            group.rank, group.world_size,
+        )  # fmt: skip
+        with autocast(session), _gradient_sync(session, micro_step == accum - 1):
             _, loss = session.forward(x.to(session.device), y.to(session.device))
-        (loss / accum).backward()  # the mean over all micro-batches, as one big batch
+            # the mean over all micro-batches (DDP then averages the ranks): one big batch
+            (loss / accum).backward()
         total += loss.detach()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     grad_norm = nn.utils.clip_grad_norm_(session.model.parameters(), max_norm).item()
@@ -299,6 +337,13 @@ def train_step(session: Session) -> tuple[float, float]:
     return mean_loss, grad_norm
 
 
+def _gradient_sync(session: Session, last_micro_step: bool) -> contextlib.AbstractContextManager:
+    """DDP averages gradients over the group on the last micro-step only."""
+    if session.group.enabled and not last_micro_step:
+        return session.forward.no_sync()  # type: ignore[union-attr]
+    return contextlib.nullcontext()
+
+
 class TrainingDiverged(UserError):
     """The loss or the gradient norm stopped being a finite number."""
 
@@ -308,6 +353,18 @@ class TrainingDiverged(UserError):
             f"lr {lr:.3g}); stopped before the update, checkpoints hold the last good weights; "
             "try a lower --optim.lr or --optim.grad_clip"
         )
+
+
+def inject_fault(session: Session) -> None:
+    """TINYGPT_FAULT_STEP=RANK:STEP makes that rank crash after that step, once (not after a
+    torchrun restart): a switch for testing recovery, off unless the variable is set."""
+    fault = os.environ.get("TINYGPT_FAULT_STEP")
+    if not fault or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return
+    rank, step = (int(part) for part in fault.split(":"))
+    if rank == session.group.rank and step == session.step:
+        print(f"tinygpt: injected fault on rank {rank} at step {step}", file=sys.stderr)
+        os._exit(17)
 
 
 class StopOnSignal:
@@ -356,8 +413,12 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     """
     cfg = session.config.train
     last_step = min(cfg.steps, until) if until is not None else cfg.steps
-    log = MetricsLog(run_dir / "metrics.jsonl", session.elapsed_s)
-    bar = tqdm(total=cfg.steps, initial=session.step, desc="train", unit="step", disable=None)
+    is_main = session.group.is_main
+    log = MetricsLog(run_dir / "metrics.jsonl", session.elapsed_s, enabled=is_main)
+    bar = tqdm(
+        total=cfg.steps, initial=session.step, desc="train", unit="step",
+        disable=None if is_main else True,
+    )  # fmt: skip
     meter = Throughput(cfg.batch_size * cfg.grad_accum_steps * session.config.model.block_size)
     session.model.train()
     last: dict[str, float] = {}
@@ -366,6 +427,7 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
             last = _evaluate_and_save(session, run_dir, log, out)
         while session.step < last_step:
             loss, grad_norm = train_step(session)
+            inject_fault(session)
             meter.steps += 1
             bar.update(1)
             step = session.step
@@ -375,17 +437,18 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
             if saved:
                 last = _evaluate_and_save(session, run_dir, log, out)
                 meter.restart()  # keep evaluation out of tokens/s
-            if stop.signum is not None:
+            if any_rank(stop.signum is not None, session.group, session.device):
                 if not saved:
                     _save(session, run_dir, last, log.elapsed(), is_best=False)
-                raise TrainingInterrupted(step, stop.signum, run_dir)
+                raise TrainingInterrupted(step, stop.signum or signal.SIGTERM, run_dir)
     return last
 
 
 def _log_step(
     session: Session, log: MetricsLog, bar: tqdm, meter: Throughput, loss: float, grad_norm: float
 ) -> None:
-    tokens_per_s = meter.rate()
+    tokens_per_s = meter.rate() * session.group.world_size
+    loss = all_mean(loss, session.group, session.device)
     lr = session.optimizer.param_groups[0]["lr"]
     record = {"loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6)}
     log.write(session.step, **record, tokens_per_s=round(tokens_per_s, 1))
@@ -412,10 +475,15 @@ def _evaluate_and_save(
 def _save(
     session: Session, run_dir: Path, metrics: dict[str, float], elapsed_s: float, is_best: bool
 ) -> None:
-    """A resumable checkpoint of this step, a copy as `best` if it is, and pruning."""
+    """A resumable checkpoint of this step, a copy as `best` if it is, and pruning.
+
+    Rank 0 writes; the other ranks wait until it is done.
+    """
     cfg, tokenizer, step = session.config, session.data.tokenizer, session.step
-    state = train_state(session, elapsed_s)
-    save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, state)
-    if is_best:
-        save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, name="best")
-    prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
+    if session.group.is_main:
+        state = train_state(session, elapsed_s)
+        save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, state)
+        if is_best:
+            save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, name="best")
+        prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
+    barrier(session.group)
