@@ -12,12 +12,9 @@ import contextlib
 import io
 import json
 import math
-import os
 import shutil
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +41,9 @@ from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
 from tinygpt.evaluate import bits_per_token, estimate_loss
+from tinygpt.faults import StopOnSignal, inject_fault
 from tinygpt.generate import stream_text
+from tinygpt.metrics import MetricsLog, Throughput, drop_metrics_after
 from tinygpt.models import build_model, count_parameters
 from tinygpt.optim import lr_at, make_optimizer
 from tinygpt.plot import plot_losses
@@ -80,28 +79,6 @@ class Session:
     step: int = 0  # optimizer steps done
     best_val_loss: float = math.inf
     elapsed_s: float = 0.0  # training time before this process (resumed runs)
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line, each with `step` and `elapsed_s`."""
-
-    def __init__(self, path: Path, elapsed_before: float = 0.0, enabled: bool = True) -> None:
-        self.file = path.open("a", encoding="utf-8") if enabled else None  # rank 0 writes
-        self.start = time.perf_counter() - elapsed_before
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def write(self, step: int, **values: float) -> None:
-        if self.file is None:
-            return
-        record = {"step": step, "elapsed_s": round(self.elapsed(), 4), **values}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 def setup(config: RunConfig) -> Session:
@@ -189,7 +166,7 @@ def resume(
     barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
     if session.group.is_main:
         clean_checkpoints(run_dir)
-        _drop_metrics_after(run_dir / "metrics.jsonl", session.step)
+        drop_metrics_after(run_dir / "metrics.jsonl", session.step)
         write_run_config(run_dir, config)
         print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
     return run(session, run_dir, out, until)
@@ -229,22 +206,6 @@ def restore_train_state(session: Session, state: dict[str, Any]) -> None:
     session.optimizer.load_state_dict(state["optimizer"])
     session.generator.set_state(state["batch_generator"])
     set_rng_states(state["rng"])
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Lines logged after the checkpoint we resume from will be logged again."""
-    if not path.exists():
-        return
-    kept = [line for line in path.open(encoding="utf-8") if _logged_step(line) <= step]
-    path.write_text("".join(kept), encoding="utf-8")
-
-
-def _logged_step(line: str) -> float:
-    """The step of a metrics line; a line cut short by a crash counts as past any step."""
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) -> dict[str, float]:
@@ -355,57 +316,6 @@ class TrainingDiverged(UserError):
         )
 
 
-def inject_fault(session: Session) -> None:
-    """TINYGPT_FAULT_STEP=RANK:STEP makes that rank crash after that step, once (not after a
-    torchrun restart): a switch for testing recovery, off unless the variable is set."""
-    fault = os.environ.get("TINYGPT_FAULT_STEP")
-    if not fault or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return
-    rank, step = (int(part) for part in fault.split(":"))
-    if rank == session.group.rank and step == session.step:
-        print(f"tinygpt: injected fault on rank {rank} at step {step}", file=sys.stderr)
-        os._exit(17)
-
-
-class StopOnSignal:
-    """The first SIGINT or SIGTERM asks the loop to stop at the next step boundary; the
-    handlers then go back to the defaults, so a second signal ends the process at once."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.signum = signum
-        for s in self.SIGNALS:
-            signal.signal(s, signal.SIG_DFL)
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-class Throughput:
-    """Tokens per second over the steps since the last restart (evaluation left out)."""
-
-    def __init__(self, tokens_per_step: int) -> None:
-        self.tokens_per_step = tokens_per_step
-        self.restart()
-
-    def restart(self) -> None:
-        self.start, self.steps = time.perf_counter(), 0
-
-    def rate(self) -> float:
-        return self.steps * self.tokens_per_step / (time.perf_counter() - self.start)
-
-
 def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) -> dict[str, float]:
     """The training loop: steps, periodic evaluation and checkpoints, metrics.jsonl.
 
@@ -427,7 +337,7 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
             last = _evaluate_and_save(session, run_dir, log, out)
         while session.step < last_step:
             loss, grad_norm = train_step(session)
-            inject_fault(session)
+            inject_fault(session.group, session.step)
             meter.steps += 1
             bar.update(1)
             step = session.step
