@@ -1,15 +1,15 @@
 """Kill a training run with SIGKILL at random instants, resume it each time, compare.
 
-    python benchmarks/kill_harness.py [--kills 20] [--steps 400] [--every 5] [--seed 0]
+    python benchmarks/kill_harness.py [--kills 20] [--steps 600] [--every 5] [--seed 0]
 
 Trains the `cpu-baby` shapes, shortened (`--steps`, a checkpoint every `--every` steps),
-once without interruption and once under fire: `tinygpt train` is started, killed with
-SIGKILL after a random delay (during start-up, steps or saves alike), every checkpoint left
-is loaded (weights, metadata and training state), and the run is resumed with
-`tinygpt train --resume`, until `--kills` kills are done; then it runs to the end. Prints
-the kills, how many struck while a save was under way, resumes, corrupt checkpoints, and
-tensors whose final weights differ from the uninterrupted run (on a CPU they must be
-identical).
+once without interruption and once under fire: `tinygpt train` is started and, once it has
+begun training (a new line in metrics.jsonl), killed with SIGKILL after a random delay, in
+the middle of steps, evaluations or saves alike. Every checkpoint left is then loaded
+(weights, metadata and training state), and the run is resumed with `tinygpt train
+--resume`, until `--kills` kills are done; then it runs to the end. Prints the kills, how
+many struck while a save was under way, resumes, corrupt checkpoints, and tensors whose
+final weights differ from the uninterrupted run (on a CPU they must be identical).
 """
 
 from __future__ import annotations
@@ -64,6 +64,14 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(list_checkpoints(run_dir)[-1] / "model.safetensors")
 
 
+def wait_until_training(process: subprocess.Popen, metrics: Path) -> None:
+    """Start-up (imports, data) takes seconds: wait for a new metrics line, so that the kill
+    lands in training steps, evaluations or saves."""
+    size = metrics.stat().st_size if metrics.exists() else 0
+    while process.poll() is None and (metrics.stat().st_size if metrics.exists() else 0) <= size:
+        time.sleep(0.01)
+
+
 def run_harness(
     kills: int,
     steps: int,
@@ -81,6 +89,7 @@ def run_harness(
     while True:
         process = subprocess.Popen(command, **quiet)
         if counts["kills"] < kills:
+            wait_until_training(process, run_dir / "metrics.jsonl")
             try:
                 process.wait(timeout=rng.uniform(*delays))
             except subprocess.TimeoutExpired:
@@ -106,12 +115,12 @@ def run_harness(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0, help="seed for the kill delays")
     parser.add_argument("--data", default="tinyshakespeare")
     parser.add_argument("--every", type=int, default=5, help="steps between checkpoints")
-    parser.add_argument("--min-delay", type=float, default=1.5, help="seconds")
-    parser.add_argument("--max-delay", type=float, default=5.0, help="seconds")
+    parser.add_argument("--min-delay", type=float, default=0.0, help="seconds after start-up")
+    parser.add_argument("--max-delay", type=float, default=2.0, help="seconds after start-up")
     args = parser.parse_args()
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -131,7 +131,7 @@ def test_kill_harness_finds_no_corrupt_checkpoint_and_no_mismatch(shakespeare, t
     sys.path.insert(0, str(REPO / "benchmarks"))
     from kill_harness import run_harness
 
-    counts = run_harness(3, 120, 0, "tinyshakespeare", tmp_path, (2.0, 4.0))
+    counts = run_harness(3, 60, 0, "tinyshakespeare", tmp_path, (0.0, 1.0), every=2)
     assert counts["kills"] >= 1
     assert counts["corrupt"] == 0 and counts["mismatches"] == 0, counts
 
@@ -147,6 +147,10 @@ def test_resume_cleans_up_half_written_checkpoints(shakespeare, tmp_path: Path) 
     (parent / ".tmp-crashed").mkdir()
     (parent / ".tmp-crashed" / "model.safetensors").write_bytes(b"half")
     (parent / "best").rename(parent / ".old-best")  # a crash in the middle of a swap
+    (parent / ".trash-step-00000010").mkdir()  # a crash in the middle of pruning
+    (parent / "step-00000031").mkdir()  # a folder with a checkpoint's name but no checkpoint
+    (parent / "step-00000031" / "model.safetensors").write_bytes(b"")
+    assert list_checkpoints(run_dir)[-1].name == "step-00000030"
     resume(run_dir, out=io.StringIO())
     names = sorted(p.name for p in parent.iterdir())
     assert names == ["best", "step-00000030", "step-00000040"]  # the newest 2, and the best

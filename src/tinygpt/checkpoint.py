@@ -124,18 +124,21 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
         final.rename(old)
     tmp.rename(final)
     _fsync_dir(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists():
+        _remove(old)
 
 
 def clean_checkpoints(run_dir: Path) -> None:
-    """Remove what an interrupted save left: temporary folders, and a swapped-out old copy
-    (put back if its replacement never arrived)."""
+    """Remove what an interrupted save or prune left: temporary and half-deleted folders, and
+    a swapped-out old copy (put back if its replacement never arrived)."""
     parent = checkpoints_dir(run_dir)
     if not parent.is_dir():
         return
     for path in parent.iterdir():
-        if path.name.startswith(".tmp-"):
+        if path.name.startswith((".tmp-", ".trash-")):
             shutil.rmtree(path, ignore_errors=True)
+        elif CHECKPOINT_NAME.match(path.name) and not is_complete(path):
+            shutil.rmtree(path, ignore_errors=True)  # not a checkpoint, only its name
         elif path.name.startswith(".old-"):
             original = parent / path.name.removeprefix(".old-")
             if original.exists():
@@ -147,7 +150,15 @@ def clean_checkpoints(run_dir: Path) -> None:
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the newest `keep` step checkpoints (`best` is not one of them)."""
     for folder in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(folder)
+        _remove(folder)
+
+
+def _remove(folder: Path) -> None:
+    """Delete a folder so that a crash midway never leaves half of it under its name:
+    rename it out of the way first (one atomic step), then delete."""
+    trash = folder.with_name(f".trash-{folder.name}")
+    folder.rename(trash)
+    shutil.rmtree(trash)
 
 
 def load_train_state(folder: Path) -> dict[str, Any]:
@@ -181,15 +192,19 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     parent = checkpoints_dir(run_dir)
     if not parent.is_dir():
         return []
-    found = [p for p in parent.iterdir() if CHECKPOINT_NAME.match(p.name) and p.is_dir()]
+    found = [p for p in parent.iterdir() if CHECKPOINT_NAME.match(p.name) and is_complete(p)]
     return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / "meta.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def find_checkpoint(path: Path) -> Path:
     """A checkpoint folder itself, or the newest checkpoint of a run directory."""
     if not path.exists():
         raise UserError(f"no such run directory: {path}")
-    if (path / "meta.json").is_file() and (path / "model.safetensors").is_file():
+    if is_complete(path):
         return path
     found = list_checkpoints(path)
     if not found:

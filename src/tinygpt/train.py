@@ -9,6 +9,7 @@ for bit where an uninterrupted run ends.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -182,9 +183,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
 def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
     if steps is None:
         return config
-    return RunConfig.from_dict(
-        {**config.to_dict(), "train": {**config.to_dict()["train"], "steps": steps}}
-    )
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps))
 
 
 def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
