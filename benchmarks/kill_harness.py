@@ -86,8 +86,10 @@ def run_harness(
     run_dir, rng = workdir / "killed", random.Random(seed)
     counts = {"kills": 0, "kills_during_save": 0, "resumes": 0, "corrupt": 0}
     command = train_command(run_dir, steps, data, every)
+    stderr_path = workdir / "stderr.txt"
     while True:
-        process = subprocess.Popen(command, **quiet)
+        with stderr_path.open("w") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         if counts["kills"] < kills:
             wait_until_training(process, run_dir / "metrics.jsonl")
             try:
@@ -100,10 +102,10 @@ def run_harness(
                 counts["corrupt"] += count_corrupt(run_dir)
         else:
             process.wait()
-        if process.returncode == 0:
-            break
-        if process.returncode not in (-9, 0):
-            raise RuntimeError(f"training failed with exit status {process.returncode}")
+        if process.returncode == 0 or "already finished" in stderr_path.read_text():
+            break  # done (a kill may land after the last checkpoint, before the exit)
+        if process.returncode != -9:
+            raise RuntimeError(f"training failed: {stderr_path.read_text()[-2000:]}")
         command = resume_command(run_dir) if (run_dir / "config.json").exists() else command
         counts["resumes"] += 1
     whole, killed = final_weights(workdir / "whole"), final_weights(run_dir)
