@@ -211,11 +211,10 @@ def run_train(args: argparse.Namespace) -> None:
         launch_torchrun(args)
     import torch.distributed as dist
 
-    try:
-        train_here(args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    train_here(args)
+    if dist.is_initialized():
+        dist.barrier()  # rank 0 may still be plotting: leave together, or gloo aborts
+        dist.destroy_process_group()
 
 
 def launch_torchrun(args: argparse.Namespace) -> NoReturn:
