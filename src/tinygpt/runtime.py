@@ -93,8 +93,30 @@ def init_distributed(dist_info: Distributed, device: torch.device) -> torch.devi
     if device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    store = _store_for_this_attempt(dist_info)
+    dist.init_process_group(
+        backend, store=store, rank=dist_info.rank, world_size=dist_info.world_size
+    )
     return device
+
+
+def _store_for_this_attempt(dist_info: Distributed) -> dist.Store:
+    """torchrun's key-value store, under a prefix of its own for each restart.
+
+    After torchrun restarts a group, the new processes would otherwise find the addresses
+    that the old ones published under the same keys, and a rank may try to connect to a
+    process that no longer exists ("connectFullMesh ... Connection refused").
+    """
+    agent_hosts_it = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        dist_info.world_size,
+        is_master=dist_info.is_main and not agent_hosts_it,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"tinygpt/attempt-{attempt}", store)
 
 
 def all_mean(value: float, dist_info: Distributed, device: torch.device) -> float:
