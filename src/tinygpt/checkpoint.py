@@ -76,44 +76,29 @@ def save_checkpoint(
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise UserError(f"refusing to save step {step}: the weights hold NaN or infinity")
     try:
-        return _write_checkpoint(
-            run_dir, step, model, config, tokenizer, metrics, train_state, name
-        )
+        parent = checkpoints_dir(run_dir)
+        parent.mkdir(parents=True, exist_ok=True)
+        final = parent / (name or f"step-{step:08d}")
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+        try:
+            safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+            meta = {
+                "format": FORMAT_VERSION,
+                "step": step,
+                "config": config.to_dict(),
+                "tokenizer": tokenizer.to_dict(),
+                "metrics": metrics,
+            }
+            (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+            if train_state is not None:
+                torch.save(train_state, tmp / "train_state.pt")
+            _fsync_tree(tmp)
+            _swap_into_place(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
     except OSError as exc:
         raise UserError(f"cannot write a checkpoint in {run_dir}: {exc.strerror or exc}") from None
-
-
-def _write_checkpoint(
-    run_dir: Path,
-    step: int,
-    model: nn.Module,
-    config: RunConfig,
-    tokenizer: Tokenizer,
-    metrics: dict[str, Any],
-    train_state: dict[str, Any] | None,
-    name: str | None,
-) -> Path:
-    parent = checkpoints_dir(run_dir)
-    parent.mkdir(parents=True, exist_ok=True)
-    final = parent / (name or f"step-{step:08d}")
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
-    try:
-        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
-        meta = {
-            "format": FORMAT_VERSION,
-            "step": step,
-            "config": config.to_dict(),
-            "tokenizer": tokenizer.to_dict(),
-            "metrics": metrics,
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
-        if train_state is not None:
-            torch.save(train_state, tmp / "train_state.pt")
-        _fsync_tree(tmp)
-        _swap_into_place(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
