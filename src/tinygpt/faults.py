@@ -36,13 +36,17 @@ class StopOnSignal:
             signal.signal(s, handler)
 
 
-def inject_fault(group: Distributed, done_steps: int) -> None:
+def planned_fault(group: Distributed) -> int | None:
     """TINYGPT_FAULT_STEP=RANK:STEP makes that rank crash after that step, once (not after a
-    torchrun restart): a switch for testing recovery, off unless the variable is set."""
+    torchrun restart): a switch for testing recovery, off unless the variable is set.
+    Returns the step at which this process is to crash, or None; read once per run."""
     fault = os.environ.get("TINYGPT_FAULT_STEP")
     if not fault or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return
+        return None
     rank, step = (int(part) for part in fault.split(":"))
-    if rank == group.rank and step == done_steps:
-        print(f"tinygpt: injected fault on rank {rank} at step {step}", file=sys.stderr)
-        os._exit(17)
+    return step if rank == group.rank else None
+
+
+def crash(group: Distributed, step: int) -> None:
+    print(f"tinygpt: injected fault on rank {group.rank} at step {step}", file=sys.stderr)
+    os._exit(17)

@@ -42,7 +42,7 @@ from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
 from tinygpt.evaluate import bits_per_token, estimate_loss
-from tinygpt.faults import StopOnSignal, inject_fault
+from tinygpt.faults import StopOnSignal, crash, planned_fault
 from tinygpt.generate import stream_text
 from tinygpt.metrics import MetricsLog, Throughput, drop_metrics_after
 from tinygpt.models import build_model, count_parameters
@@ -331,12 +331,14 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     meter = Throughput(cfg.batch_size * cfg.grad_accum_steps * session.config.model.block_size)
     session.model.train()
     last: dict[str, float] = {}
+    fault_step = planned_fault(session.group)  # None unless a test asks for a crash
     with StopOnSignal() as stop, contextlib.closing(log), bar:
         if session.step == 0:
             last = _evaluate_and_save(session, run_dir, log, out)
         while session.step < last_step:
             loss, grad_norm = train_step(session)
-            inject_fault(session.group, session.step)
+            if session.step == fault_step:
+                crash(session.group, session.step)
             meter.steps += 1
             bar.update(1)
             step = session.step

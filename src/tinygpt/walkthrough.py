@@ -9,7 +9,7 @@ import torch
 
 from tinygpt.batches import check_length, random_batch
 from tinygpt.config import DataConfig
-from tinygpt.data import PreparedData, prepare, read_text, resolve_corpus
+from tinygpt.data import PreparedData, prepare
 
 EXAMPLE_TEXT = "hii there"  # the lecture's encode/decode example
 PREVIEW_CHARS = 500
@@ -19,17 +19,18 @@ def inspect_corpus(
     config: DataConfig, block_size: int, batch_size: int, seed: int, out: TextIO
 ) -> None:
     """Print each step from raw text to one training batch."""
-    text = read_text(resolve_corpus(config.dataset))
     prepared = prepare(config)
+    n_chars = len(prepared.train) + len(prepared.val)  # one token per character
+    text = prepared.tokenizer.decode(prepared.train[:PREVIEW_CHARS].tolist())
     check_length(prepared.train, block_size, "train")
 
     def section(title: str) -> None:
         print(f"\n== {title} ==", file=out)
 
     section("1. The corpus")
-    print(f"{config.dataset}: {len(text):,} characters", file=out)
-    print(f"the first {min(PREVIEW_CHARS, len(text))} characters:", file=out)
-    print(text[:PREVIEW_CHARS], file=out)
+    print(f"{config.dataset}: {n_chars:,} characters", file=out)
+    print(f"the first {len(text)} characters:", file=out)
+    print(text, file=out)
 
     tokenizer = prepared.tokenizer
     section("2. The vocabulary: every distinct character, sorted")
