@@ -23,6 +23,9 @@ SWITCHES = {
     "relu": {"activation": "relu"},
     "untied": {"tie_weights": False},
     "no_bias": {"bias": False},
+    "embed_skip": {"embed_skip": True},
+    "value_embeds": {"value_embeds": True},
+    "softcap": {"logit_softcap": 15.0},
     "modern": {"rotary": True, "norm": "rmsnorm", "qk_norm": True, "activation": "relu2",
                "tie_weights": False, "bias": False},
 }  # fmt: skip
@@ -84,7 +87,37 @@ def test_each_switch_learns_one_batch(name: str) -> None:
     assert loss.item() < 0.3 < first  # random targets: only memorising gets it this low
 
 
-@pytest.mark.parametrize("name", ["lecture", "rotary", "modern"])
+def test_zero_init_starts_uniform_and_learns() -> None:
+    model = small_gpt(zero_init=True, tie_weights=False)
+    assert all(not block.attn.c_proj.weight.any() for block in model.blocks)
+    assert not model.lm_head.weight.any()
+    idx = torch.randint(VOCAB, (4, 16))
+    logits, loss = model(idx, idx)
+    assert not logits.any() and loss.item() == pytest.approx(math.log(VOCAB))  # exactly uniform
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(idx, idx)[1].backward()
+        optimizer.step()
+    assert model(idx, idx)[1].item() < 0.5  # gradients reach the zeroed layers
+    assert small_gpt(zero_init=True).wte.weight.any()  # a tied head keeps the embedding
+
+
+def test_logit_softcap_bounds_the_logits() -> None:
+    model = small_gpt(logit_softcap=2.0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1000)  # logits far beyond the cap without it
+    logits, _ = model(torch.randint(VOCAB, (2, 16)))
+    assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9
+
+
+def test_embed_skip_and_value_embeds_add_few_parameters() -> None:
+    base = count_parameters(small_gpt())
+    assert count_parameters(small_gpt(embed_skip=True)) == base + 2 * SMALL.n_layer
+    assert count_parameters(small_gpt(value_embeds=True)) == base + SMALL.n_layer * VOCAB * 32
+
+
+@pytest.mark.parametrize("name", ["lecture", "rotary", "modern", "value_embeds"])
 def test_kv_cache_gives_the_same_logits(name: str) -> None:
     model = small_gpt(**SWITCHES[name]).eval()
     idx = torch.randint(VOCAB, (3, 16))

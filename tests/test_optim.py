@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 
 import pytest
+import torch
 
 from tinygpt.config import ModelConfig, OptimConfig
 from tinygpt.models.gpt import GPT
-from tinygpt.optim import lr_at, parameter_groups
+from tinygpt.optim import lr_at, make_optimizer, parameter_groups
 
 
 def test_warmup_rises_linearly_to_the_peak() -> None:
@@ -45,9 +48,51 @@ def test_no_warmup_starts_at_the_peak() -> None:
 
 def test_decay_applies_to_matrices_only() -> None:
     model = GPT(ModelConfig(arch="gpt", n_layer=1, n_head=2, n_embd=8, block_size=4), 10)
-    decay, no_decay = parameter_groups(model, 0.1)
+    decay, no_decay = parameter_groups(list(model.parameters()), 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decay["params"])
     assert all(p.dim() == 1 for p in no_decay["params"]) and no_decay["params"]
     total = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for g in (decay, no_decay) for p in g["params"]) == total
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
+    config = ModelConfig(arch="gpt", n_layer=2, n_head=2, n_embd=8, block_size=4)
+    model = GPT(dataclasses.replace(config, tie_weights=False, embed_skip=True), 10)
+    pair = make_optimizer(model, OptimConfig(optimizer="muon"), torch.device("cpu"))
+    muon, adamw = pair.optimizers
+    in_muon = {id(p) for g in muon.param_groups for p in g["params"]}
+    in_adamw = {id(p) for g in adamw.param_groups for p in g["params"]}
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert {names[i] for i in in_muon} == {
+        f"blocks.{i}.{m}.weight" for i in range(2)
+        for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    }  # fmt: skip
+    assert in_muon.isdisjoint(in_adamw) and len(in_muon | in_adamw) == len(names)
+    assert {g["base_lr"] for g in pair.param_groups} == {0.02, 1e-3}
+
+
+def test_muon_pair_steps_and_restores_its_state() -> None:
+    config = ModelConfig(arch="gpt", n_layer=1, n_head=2, n_embd=8, block_size=4)
+    optim = OptimConfig(optimizer="muon")
+    torch.manual_seed(0)
+    model = GPT(config, 10)
+    pair = make_optimizer(model, optim, torch.device("cpu"))
+    idx = torch.randint(10, (2, 4))
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        pair.zero_grad()
+        model(idx, idx)[1].backward()
+        pair.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    twin = GPT(config, 10)
+    twin.load_state_dict(model.state_dict())
+    restored = make_optimizer(twin, optim, torch.device("cpu"))
+    restored.load_state_dict(copy.deepcopy(pair.state_dict()))  # as if from disk
+    for m in (model, twin):  # one more step from the same state: the same weights
+        opt = pair if m is model else restored
+        opt.zero_grad()
+        m(idx, idx)[1].backward()
+        opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -24,8 +24,9 @@ TINY = {
 }  # fmt: skip
 
 
-def tiny_config(**train: object) -> RunConfig:
+def tiny_config(optim: dict | None = None, **train: object) -> RunConfig:
     values = {**TINY, "train": {**TINY["train"], **train}}
+    values["optim"] = {**TINY["optim"], **(optim or {})}
     return RunConfig.from_dict(values)
 
 
@@ -38,8 +39,10 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
 
 
-def test_resume_equals_an_uninterrupted_run(shakespeare, tmp_path: Path) -> None:
-    config = tiny_config(grad_accum_steps=2)  # dropout on: the RNG state must resume too
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_equals_an_uninterrupted_run(shakespeare, tmp_path: Path, optimizer: str) -> None:
+    # dropout on: the RNG state must resume too
+    config = tiny_config({"optimizer": optimizer}, grad_accum_steps=2)
     train(config, tmp_path / "whole", out=io.StringIO())
     train(config, tmp_path / "split", out=io.StringIO(), until=20)
     assert list_checkpoints(tmp_path / "split")[-1].name == "step-00000020"

@@ -22,6 +22,7 @@ MODEL_ARCHS = ("bigram", "gpt")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "relu", "relu2")
 SCHEDULES = ("constant", "cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -62,6 +63,10 @@ class ModelConfig:
     norm: str = option("layernorm", f"normalisation ({', '.join(NORMS)})")
     qk_norm: bool = option(False, "RMS-normalise queries and keys before attention")
     activation: str = option("gelu", f"MLP activation ({', '.join(ACTIVATIONS)})")
+    zero_init: bool = option(False, "start output projections (and an untied head) at zero")
+    embed_skip: bool = option(False, "feed the token embedding to every block (learned mix)")
+    value_embeds: bool = option(False, "add a per-block token embedding to attention values")
+    logit_softcap: float = option(0.0, "squash logits into (-c, c) with c*tanh(x/c) (0: off)")
 
     def __post_init__(self) -> None:
         _require(self.arch in MODEL_ARCHS, f"unknown model.arch {self.arch!r} ({MODEL_ARCHS})")
@@ -76,6 +81,7 @@ class ModelConfig:
             "model.rotary needs an even head size (n_embd // n_head)",
         )
         _require(0 <= self.dropout < 1, "model.dropout must be in [0, 1)")
+        _require(self.logit_softcap >= 0, "model.logit_softcap must not be negative")
         _require(self.norm in NORMS, f"unknown model.norm {self.norm!r} ({', '.join(NORMS)})")
         _require(
             self.activation in ACTIVATIONS,
@@ -85,6 +91,7 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    optimizer: str = option("adamw", f"optimizer ({', '.join(OPTIMIZERS)})")
     lr: float = option(1e-3, "peak AdamW learning rate")
     weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on biases or norms)")
     beta1: float = option(0.9, "AdamW beta1")
@@ -94,9 +101,18 @@ class OptimConfig:
     warmup_steps: int = option(100, "linear warmup from 0 to lr over these steps")
     min_lr: float = option(1e-4, "learning rate at the end of the decay")
     decay_fraction: float = option(0.2, "wsd: fraction of the steps spent decaying at the end")
+    muon_lr: float = option(0.02, "muon: peak learning rate of the hidden matrices")
+    muon_momentum: float = option(0.95, "muon: momentum")
+    muon_match_adamw: bool = option(False, "muon: scale updates to AdamW's size")
 
     def __post_init__(self) -> None:
+        _require(
+            self.optimizer in OPTIMIZERS,
+            f"unknown optim.optimizer {self.optimizer!r} ({', '.join(OPTIMIZERS)})",
+        )
         _require(self.lr > 0, "optim.lr must be positive")
+        _require(self.muon_lr > 0, "optim.muon_lr must be positive")
+        _require(0 <= self.muon_momentum < 1, "optim.muon_momentum must be in [0, 1)")
         _require(self.weight_decay >= 0, "optim.weight_decay must not be negative")
         for name in ("beta1", "beta2"):
             _require(0 <= getattr(self, name) < 1, f"optim.{name} must be in [0, 1)")

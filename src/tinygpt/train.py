@@ -46,7 +46,7 @@ from tinygpt.faults import StopOnSignal, crash, planned_fault
 from tinygpt.generate import stream_text
 from tinygpt.metrics import MetricsLog, Throughput, drop_metrics_after
 from tinygpt.models import build_model, count_parameters
-from tinygpt.optim import lr_at, make_optimizer
+from tinygpt.optim import OptimizerPair, lr_at, make_optimizer
 from tinygpt.plot import plot_losses
 from tinygpt.runtime import (
     SINGLE_PROCESS,
@@ -72,7 +72,7 @@ class Session:
     data: PreparedData
     model: nn.Module  # the module whose weights are saved
     forward: Callable[..., Any]  # the model, or its compiled version
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | OptimizerPair
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None: float32
     generator: torch.Generator  # the training batch stream (the same on every rank)
@@ -271,8 +271,8 @@ def train_step(session: Session) -> tuple[float, float]:
     cfg = session.config
     accum = cfg.train.grad_accum_steps
     lr = lr_at(session.step, cfg.optim, cfg.train.steps)
-    for param_group in session.optimizer.param_groups:
-        param_group["lr"] = lr
+    for param_group in session.optimizer.param_groups:  # Muon's groups have their own peak
+        param_group["lr"] = param_group["base_lr"] * lr / cfg.optim.lr
     total = torch.zeros((), device=session.device)
     group = session.group
     for micro_step in range(accum):

@@ -1,8 +1,9 @@
 """The Transformer: tokens talk to each other through causal self-attention.
 
 One GPT class. The lecture's model is the default; modern choices are switches on the same
-class (`rotary`, `norm="rmsnorm"`, `qk_norm`, `activation="relu2"`, `tie_weights=False`),
-each a few lines below rather than a model of its own.
+class (`rotary`, `norm="rmsnorm"`, `qk_norm`, `activation="relu2"`, `tie_weights=False`,
+`zero_init`, `embed_skip`, `value_embeds`, `logit_softcap`), each a few lines below rather
+than a model of its own.
 
 Shapes: B batch, T time (tokens), C n_embd, nh heads, hs head size (C // nh), V vocabulary.
 """
@@ -80,11 +81,14 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        value_embed: torch.Tensor | None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         cache: KVCache | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        if value_embed is not None:  # the token's identity, straight into what it offers
+            v = v + value_embed
         q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:  # keeps attention logits bounded at high learning rates
             q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
@@ -149,14 +153,20 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config, layer)
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
+        # weights of (this block's input, the token embedding) in what the block reads
+        self.skip = nn.Parameter(torch.tensor([1.0, 0.0])) if config.embed_skip else None
 
     def forward(
         self,
         x: torch.Tensor,
+        x0: torch.Tensor,
+        value_embed: torch.Tensor | None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         cache: KVCache | None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rotary, cache)
+        if self.skip is not None:
+            x = self.skip[0] * x + self.skip[1] * x0
+        x = x + self.attn(self.ln_1(x), value_embed, rotary, cache)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -169,6 +179,10 @@ class GPT(nn.Module):
         self.wpe = None if config.rotary else nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.value_embeds = None
+        if config.value_embeds:  # a vocab x C table per block: cheap with a small vocabulary
+            tables = (nn.Embedding(vocab_size, config.n_embd) for _ in range(config.n_layer))
+            self.value_embeds = nn.ModuleList(tables)
         self.ln_f = make_norm(config, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, vocab_size, bias=False)
         if config.tie_weights:
@@ -182,6 +196,10 @@ class GPT(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
+        if config.zero_init:  # every block starts as the identity; the head starts uniform
+            for name, param in self.named_parameters():
+                if name.endswith("c_proj.weight") or name == "lm_head.weight":
+                    nn.init.zeros_(param)  # a tied head is the embedding: not listed here
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -207,10 +225,15 @@ class GPT(nn.Module):
         else:
             rotary = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, rotary, cache)
+        x0 = x
+        for i, block in enumerate(self.blocks):
+            value_embed = self.value_embeds[i](idx) if self.value_embeds is not None else None
+            x = block(x, x0, value_embed, rotary, cache)  # (B, T, C)
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
+        if self.config.logit_softcap > 0:  # confident but never unboundedly so
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         if cache is not None:
             cache.pos += T
         if targets is None:
