@@ -46,6 +46,40 @@ class KVCache:
         return cls(keys=make[: config.n_layer], values=make[config.n_layer :])
 
 
+class Linear(nn.Linear):
+    """nn.Linear with a faster product for one row of input: decoding a single token.
+
+    MKL's float32 matrix-vector product reads a large weight matrix far below memory speed
+    on some CPUs (about 10 GB/s on an AMD EPYC). Seen as a (2 * out, in / 2) matrix, each
+    row split in halves, the weight times two columns (the two halves of x) is a matrix
+    product over the same bytes that runs 2-3x faster; y is the sum of its diagonal pairs.
+    The result agrees with the plain product to float rounding.
+    """
+
+    MIN_WEIGHTS = 3 << 16  # below ~768 KB the weights stay in cache and the plain product wins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._one_row_on_cpu(x):
+            return super().forward(x)
+        out_features, half = self.out_features, self.in_features // 2
+        halves = self.weight.view(2 * out_features, half)  # row 2r + i: half i of row r
+        products = halves @ x.reshape(2, half).t()  # (2 * out, 2): every half with every half
+        y = products.view(out_features, 2, 2).diagonal(dim1=1, dim2=2).sum(-1)  # (out,)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*x.shape[:-1], out_features)
+
+    def _one_row_on_cpu(self, x: torch.Tensor) -> bool:
+        return (
+            x.shape[:-1].numel() == 1
+            and x.device.type == "cpu"
+            and x.dtype == self.weight.dtype == torch.float32
+            and self.weight.numel() >= self.MIN_WEIGHTS
+            and self.in_features % 2 == 0
+            and self.weight.is_contiguous()
+        )
+
+
 def make_norm(config: ModelConfig, size: int) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(size)
@@ -72,8 +106,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.layer = config.n_head, layer
         self.head_size = config.n_embd // config.n_head
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.qk_norm = config.qk_norm
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -128,8 +162,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.activation = config.activation
         self.dropout = nn.Dropout(config.dropout)
 
@@ -184,7 +218,7 @@ class GPT(nn.Module):
             tables = (nn.Embedding(vocab_size, config.n_embd) for _ in range(config.n_layer))
             self.value_embeds = nn.ModuleList(tables)
         self.ln_f = make_norm(config, config.n_embd)
-        self.lm_head = nn.Linear(config.n_embd, vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
         if config.rotary:
