@@ -33,7 +33,7 @@ def tokens_per_s(model: torch.nn.Module, block: int, new: int, use_cache: bool) 
     return new / (time.perf_counter() - start)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # as generate() runs
 def ms_at_full_context(model: torch.nn.Module, block: int, use_cache: bool, repeats: int) -> float:
     prompt = torch.randint(VOCAB, (1, block - 1), generator=torch.Generator().manual_seed(0))
     token = torch.zeros(1, dtype=torch.long)

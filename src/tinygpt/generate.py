@@ -84,7 +84,7 @@ def sample_next_token(
     return torch.cat(rows)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # lighter than no_grad: no version counters, no views tracked
 def generate(
     model: nn.Module,
     idx: torch.Tensor,
