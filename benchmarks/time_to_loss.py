@@ -11,6 +11,10 @@ clock stopped: the training clock counts training steps only. A run's time to ta
 training time at the first evaluation at or under the target. Prints each run, the median
 (min-max) per preset, the ratio of the medians when two presets are given, and draws all
 val-loss curves against training time into one PNG.
+
+With two presets, the first is the baseline. If it never reaches the target, its whole
+training time stands in for its time to target (it needs longer, so the printed ratio is
+an upper bound), and the ratio at the baseline's own final loss is printed as well.
 """
 
 from __future__ import annotations
@@ -74,6 +78,26 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} s (min {min(values):.1f}, max {max(values):.1f})"
 
 
+def print_ratios(curves: dict[str, list], presets: list[str], target: float) -> None:
+    """Ratio of median times to target, second preset over the baseline (the first)."""
+    baseline, other = presets
+    base_runs, other_runs = curves[baseline], curves[other]
+    base_time = statistics.median(time_to(c, target) for c in base_runs)
+    other_time = statistics.median(time_to(c, target) for c in other_runs)
+    note = ""
+    if math.isinf(base_time):
+        base_time = statistics.median(c[-1][0] for c in base_runs)
+        note = f" (upper bound: {baseline} never reached {target}; its whole training time used)"
+    print(f"ratio {other} / {baseline} at {target}: {other_time / base_time:.3f}{note}")
+    base_final = statistics.median(c[-1][2] for c in base_runs)
+    base_time = statistics.median(time_to(c, base_final) for c in base_runs)
+    other_time = statistics.median(time_to(c, base_final) for c in other_runs)
+    print(
+        f"ratio at {baseline}'s median final loss {base_final:.4f}: "
+        f"{other_time:.1f} s / {base_time:.1f} s = {other_time / base_time:.3f}"
+    )
+
+
 def plot(
     curves: dict[str, list[list[tuple[float, int, float]]]], target: float, path: Path
 ) -> None:
@@ -109,17 +133,14 @@ def main() -> None:
     for repeat in range(args.repeats):  # presets alternate, so load drifts hit both alike
         for preset in args.presets:
             curves[preset].append(one_run(preset, args.seed + repeat, args.eval_every))
-    medians = {}
     for preset, runs in curves.items():
         times = [time_to(curve, args.target) for curve in runs]
         finals = [curve[-1] for curve in runs]
-        medians[preset] = statistics.median(times)
         print(f"{preset}: time to {args.target}: {summary(times)}")
         for t, step, val in finals:
             print(f"  end: step {step}, {t:.1f} s of training, val {val:.4f}")
     if len(args.presets) == 2:
-        first, second = (medians[p] for p in args.presets)
-        print(f"ratio {args.presets[1]} / {args.presets[0]}: {second / first:.3f}")
+        print_ratios(curves, args.presets, args.target)
     plot(curves, args.target, args.png)
     print(f"curves: {args.png}")
 

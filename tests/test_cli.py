@@ -248,3 +248,14 @@ def test_the_shared_corpus_path_works_as_data(cli, tmp_path: Path) -> None:
         tmp_path / "r",
     )
     assert code == 0 and "final: train loss" in out
+
+
+def test_default_preset_suits_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tinygpt.cli import default_preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_preset() == "cpu-fast"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_preset() == "shakespeare-char"

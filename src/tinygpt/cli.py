@@ -200,10 +200,10 @@ def run_inspect(args: argparse.Namespace) -> None:
 
 
 def default_preset() -> str:
-    """A few minutes on a CPU; nanoGPT's GPU recipe where there is a GPU."""
+    """The fast CPU recipe on a CPU; nanoGPT's GPU recipe where there is a GPU."""
     import torch
 
-    return "shakespeare-char" if torch.cuda.is_available() else "cpu-baby"
+    return "shakespeare-char" if torch.cuda.is_available() else "cpu-fast"
 
 
 def run_train(args: argparse.Namespace) -> None:

@@ -103,6 +103,7 @@ class OptimConfig:
     decay_fraction: float = option(0.2, "wsd: fraction of the steps spent decaying at the end")
     muon_lr: float = option(0.02, "muon: peak learning rate of the hidden matrices")
     muon_momentum: float = option(0.95, "muon: momentum")
+    muon_ns_steps: int = option(5, "muon: Newton-Schulz iterations per step (its cost)")
     muon_match_adamw: bool = option(False, "muon: scale updates to AdamW's size")
 
     def __post_init__(self) -> None:
@@ -113,6 +114,7 @@ class OptimConfig:
         _require(self.lr > 0, "optim.lr must be positive")
         _require(self.muon_lr > 0, "optim.muon_lr must be positive")
         _require(0 <= self.muon_momentum < 1, "optim.muon_momentum must be in [0, 1)")
+        _require(self.muon_ns_steps >= 1, "optim.muon_ns_steps must be at least 1")
         _require(self.weight_decay >= 0, "optim.weight_decay must not be negative")
         for name in ("beta1", "beta2"):
             _require(0 <= getattr(self, name) < 1, f"optim.{name} must be in [0, 1)")

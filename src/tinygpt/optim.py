@@ -80,6 +80,7 @@ def make_optimizer(
         lr=config.muon_lr,
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,
+        ns_steps=config.muon_ns_steps,
         adjust_lr_fn="match_rms_adamw" if config.muon_match_adamw else None,
     )
     for group in muon.param_groups:
