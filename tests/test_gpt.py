@@ -10,7 +10,7 @@ import torch
 
 from tinygpt.config import ModelConfig
 from tinygpt.models import build_model, count_parameters
-from tinygpt.models.gpt import GPT, KVCache, Linear
+from tinygpt.models.gpt import GPT, KVCache, Linear, apply_rotary
 
 VOCAB = 65
 SMALL = ModelConfig(arch="gpt", block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -67,6 +67,22 @@ def test_gpt2_initialisation_and_weight_tying() -> None:
 
 def test_rotary_has_no_position_table() -> None:
     assert small_gpt().wpe is not None and small_gpt(rotary=True).wpe is None
+
+
+def test_rotary_scores_depend_on_the_distance_only() -> None:
+    model = small_gpt(rotary=True)
+    cos, sin = model.rotary_cos, model.rotary_sin  # (16, hs/2) each
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(query_pos: int, key_pos: int) -> float:
+        rq = apply_rotary(q, cos[query_pos : query_pos + 1], sin[query_pos : query_pos + 1])
+        rk = apply_rotary(k, cos[key_pos : key_pos + 1], sin[key_pos : key_pos + 1])
+        return (rq * rk).sum().item()
+
+    assert score(5, 2) == pytest.approx(score(13, 10), abs=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
+    assert apply_rotary(q, cos[:1], sin[:1]).equal(q)  # position 0: no rotation
+    assert apply_rotary(q, cos[7:8], sin[7:8]).norm() == pytest.approx(q.norm().item())
 
 
 @pytest.mark.parametrize("name", SWITCHES)

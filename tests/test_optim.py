@@ -11,7 +11,7 @@ import torch
 
 from tinygpt.config import ModelConfig, OptimConfig
 from tinygpt.models.gpt import GPT
-from tinygpt.optim import lr_at, make_optimizer, parameter_groups
+from tinygpt.optim import BatchedMuon, lr_at, make_optimizer, parameter_groups
 
 
 def test_warmup_rises_linearly_to_the_peak() -> None:
@@ -96,3 +96,21 @@ def test_muon_pair_steps_and_restores_its_state() -> None:
         opt.step()
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_batched_muon_matches_torch_muon() -> None:
+    torch.manual_seed(0)
+    shapes = [(24, 8), (24, 8), (8, 8), (8, 32), (8, 32)]
+    ours = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    settings = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.8}
+    batched, reference = BatchedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
+    for _ in range(3):
+        grads = [torch.randn(*s) for s in shapes]
+        for params, optimizer in ((ours, batched), (theirs, reference)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-3)  # bfloat16 iterations
+    assert batched.state[ours[0]]["momentum_buffer"].shape == (24, 8)

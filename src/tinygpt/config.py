@@ -104,7 +104,6 @@ class OptimConfig:
     muon_lr: float = option(0.02, "muon: peak learning rate of the hidden matrices")
     muon_momentum: float = option(0.95, "muon: momentum")
     muon_ns_steps: int = option(5, "muon: Newton-Schulz iterations per step (its cost)")
-    muon_match_adamw: bool = option(False, "muon: scale updates to AdamW's size")
 
     def __post_init__(self) -> None:
         _require(

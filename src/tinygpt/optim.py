@@ -9,6 +9,8 @@ same learning rates as an uninterrupted one.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,6 +32,65 @@ def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
     """The 2-D weights inside the blocks: what Muon trains (not embeddings, not the head)."""
     named = model.named_parameters()
     return [p for name, p in named if name.startswith("blocks.") and p.dim() == 2]
+
+
+def orthogonalise(
+    updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float
+) -> torch.Tensor:
+    """Newton-Schulz iterations from a stack of matrices towards semi-orthogonal ones.
+
+    (n, rows, cols) -> (n, rows, cols) in bfloat16; the same iteration as torch's Muon, one
+    batched product per stage for the whole stack instead of one product per matrix.
+    """
+    a, b, c = coefficients
+    x = updates.bfloat16()
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT  # iterate on the short side: (n, short, long)
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
+    for _ in range(steps):
+        gram = x @ x.mT  # (n, short, short)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b G + c G^2) X
+    return x.mT if tall else x
+
+
+class BatchedMuon(torch.optim.Muon):
+    """torch's Muon, orthogonalising all matrices of one shape together.
+
+    The update is torch's: Nesterov momentum, Newton-Schulz in bfloat16, the learning rate
+    scaled by sqrt(max(1, rows / cols)), decoupled weight decay. The small matrices of a
+    CPU model make the per-matrix products slow; stacked, they take about half the time.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            by_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param.grad)
+                buffer = state["momentum_buffer"]
+                buffer.lerp_(param.grad, 1 - group["momentum"])
+                update = param.grad.lerp(buffer, group["momentum"]) if group["nesterov"] else buffer
+                by_shape[param.shape].append((param, update))
+            for shape, pairs in by_shape.items():
+                stack = torch.stack([update for _, update in pairs])
+                ortho = orthogonalise(
+                    stack, group["ns_coefficients"], group["ns_steps"], group["eps"]
+                )
+                lr = group["lr"] * math.sqrt(max(1.0, shape[0] / shape[1]))
+                for (param, _), step in zip(pairs, ortho, strict=True):
+                    param.mul_(1 - group["lr"] * group["weight_decay"])
+                    param.add_(step, alpha=-lr)
+        return loss
 
 
 class OptimizerPair:
@@ -75,13 +136,12 @@ def make_optimizer(
         group["base_lr"] = config.lr
     if config.optimizer == "adamw":
         return adamw
-    muon = torch.optim.Muon(
+    muon = BatchedMuon(
         hidden_matrices(model),
         lr=config.muon_lr,
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,
         ns_steps=config.muon_ns_steps,
-        adjust_lr_fn="match_rms_adamw" if config.muon_match_adamw else None,
     )
     for group in muon.param_groups:
         group["base_lr"] = config.muon_lr
