@@ -90,7 +90,7 @@ def test_a_crashed_rank_restarts_the_group_which_resumes(shakespeare, tmp_path: 
     config.write_text(TINY)
     run_dir = tmp_path / "run"
     result = run(
-        [*TORCHRUN, "--nproc-per-node=2", "--max-restarts=1", "-m", "tinygpt", "train",
+        [*TORCHRUN, "--nproc-per-node=2", "--max-restarts=2", "-m", "tinygpt", "train",
          "--config", str(config), "--train.batch_size", "4", "--out", str(run_dir)],
         TINYGPT_FAULT_STEP="1:15",
     )  # fmt: skip
@@ -99,6 +99,17 @@ def test_a_crashed_rank_restarts_the_group_which_resumes(shakespeare, tmp_path: 
     assert list_checkpoints(run_dir)[-1].name == "step-00000030"
     steps = [step for step in metrics(run_dir, "loss")]
     assert steps == list(range(1, 31))  # the lines after the checkpoint were written again
+
+
+def test_a_restart_after_the_last_save_ends_at_once(cli, shakespeare, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    code, _, _ = cli("train", "--preset", "bigram", "--steps", "5", "--out", str(run_dir))
+    assert code == 0
+    before = (run_dir / "metrics.jsonl").read_text()
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # as torchrun sets after a failure
+    code, out, _ = cli("train", "--preset", "bigram", "--steps", "5", "--out", str(run_dir))
+    assert code == 0 and "already finished; nothing left to do" in out
+    assert (run_dir / "metrics.jsonl").read_text() == before
 
 
 def test_torchrun_needs_a_named_run_directory(cli, shakespeare, monkeypatch) -> None:

@@ -253,12 +253,17 @@ def default_run_dir(name: str) -> Path:
 
 def train_here(args: argparse.Namespace) -> None:
     from tinygpt.checkpoint import is_run_dir
-    from tinygpt.train import resume, train
+    from tinygpt.train import is_finished, resume, train
 
     overrides = config_overrides(args)
     if "WORLD_SIZE" in os.environ and args.out is None and args.resume is None:
         fail("under torchrun, name the run directory with --out (restarts resume from it)")
     restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
+    if restarted and args.resume is None and args.out and is_finished(args.out):
+        # the group failed after the last save (a process crashing on its way out): done
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{args.out} already finished; nothing left to do after the restart")
+        return
     if restarted and args.resume is None and is_run_dir(args.out):
         final, run_dir = resume(args.out), args.out  # torchrun restarted the group
     elif args.resume is not None:
