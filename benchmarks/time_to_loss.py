@@ -28,12 +28,19 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from tinygpt.config import field_types, parse_value, preset_names, resolve, section_types
+from tinygpt.config import (
+    RunConfig,
+    field_types,
+    parse_value,
+    preset_names,
+    resolve,
+    section_types,
+)
 from tinygpt.evaluate import split_loss
 from tinygpt.train import setup, train_step
 
 
-def run_config(spec: str, seed: int):
+def run_config(spec: str, seed: int) -> RunConfig:
     """The config of `PRESET+section.key=value+...` with the given seed."""
     preset, *settings = spec.split("+")
     overrides: dict[str, dict] = {"train": {"seed": seed}}
