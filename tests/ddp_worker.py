@@ -27,6 +27,7 @@ def main() -> None:
     (out_dir / f"rank-{rank}.json").write_text(json.dumps(losses))
     safetensors.torch.save_model(session.model, str(out_dir / f"rank-{rank}.safetensors"))
     if dist.is_initialized():
+        dist.barrier()  # as the command line does: leave together, or gloo may abort one rank
         dist.destroy_process_group()
 
 
