@@ -259,13 +259,16 @@ def train_here(args: argparse.Namespace) -> None:
     if "WORLD_SIZE" in os.environ and args.out is None and args.resume is None:
         fail("under torchrun, name the run directory with --out (restarts resume from it)")
     restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-    if restarted and args.resume is None and args.out and is_finished(args.out):
+    resumed_by_torchrun = (
+        restarted and args.resume is None and args.out is not None and is_run_dir(args.out)
+    )
+    if resumed_by_torchrun and is_finished(args.out):
         # the group failed after the last save (a process crashing on its way out): done
         if os.environ.get("RANK", "0") == "0":
             print(f"{args.out} already finished; nothing left to do after the restart")
         return
-    if restarted and args.resume is None and is_run_dir(args.out):
-        final, run_dir = resume(args.out), args.out  # torchrun restarted the group
+    if resumed_by_torchrun:
+        final, run_dir = resume(args.out), args.out
     elif args.resume is not None:
         steps = overrides.get("train", {}).pop("steps", None)
         if any(overrides.values()) or args.preset or args.config or args.out or args.overwrite:

@@ -145,13 +145,14 @@ def is_finished(run_dir: Path) -> bool:
     """Whether the newest complete checkpoint of a run is its last step."""
     if not is_run_dir(run_dir) or not list_checkpoints(run_dir):
         return False
-    meta = _newest_meta(run_dir)
+    _, meta = _newest_checkpoint(run_dir)
     return meta["step"] >= meta["config"]["train"]["steps"]
 
 
-def _newest_meta(run_dir: Path) -> dict[str, Any]:
+def _newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest complete checkpoint folder and its meta.json."""
     folder = find_checkpoint(run_dir)
-    return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return folder, json.loads((folder / "meta.json").read_text(encoding="utf-8"))
 
 
 def resume(
@@ -167,14 +168,13 @@ def resume(
     if not list_checkpoints(run_dir):
         config = _config_with_steps(load_run_config(run_dir), steps)
         return train(config, run_dir, overwrite=True, out=out, until=until)
-    meta = _newest_meta(run_dir)
+    folder, meta = _newest_checkpoint(run_dir)
     config = _config_with_steps(RunConfig.from_dict(meta["config"]), steps)
     if meta["step"] >= config.train.steps:
         raise UserError(
             f"{run_dir} already finished {meta['step']} steps; pass --steps N to train further"
         )
     session = setup(config)
-    folder = find_checkpoint(run_dir)
     safetensors.torch.load_model(session.model, str(folder / "model.safetensors"))
     restore_train_state(session, load_train_state(folder))
     barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
