@@ -259,3 +259,16 @@ def test_default_preset_suits_the_device(monkeypatch: pytest.MonkeyPatch) -> Non
     assert default_preset() == "cpu-fast"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert default_preset() == "shakespeare-char"
+
+
+def test_end_of_run_points_to_an_earlier_best_checkpoint(run_dir: Path, capsys) -> None:
+    from tinygpt.cli import print_best_if_earlier
+
+    best = json.loads((run_dir / "checkpoints" / "best" / "meta.json").read_text())
+    best_val = best["metrics"]["val_loss"]
+    print_best_if_earlier(run_dir, best_val)  # the last evaluation was the best: nothing
+    assert capsys.readouterr().out == ""
+    print_best_if_earlier(run_dir, best_val + 0.5)  # the run got worse after its best
+    out = capsys.readouterr().out
+    assert f"lowest val loss {best_val:.4f} at step {best['step']}" in out
+    assert f"tinygpt sample {run_dir / 'checkpoints' / 'best'}" in out

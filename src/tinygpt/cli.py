@@ -282,6 +282,24 @@ def train_here(args: argparse.Namespace) -> None:
     if os.environ.get("RANK", "0") == "0":
         print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
         print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
+        print_best_if_earlier(run_dir, final["val_loss"])
+
+
+def print_best_if_earlier(run_dir: Path, final_val_loss: float) -> None:
+    """Point to the best checkpoint when the run over-fitted after it."""
+    import json
+
+    from tinygpt.checkpoint import checkpoints_dir, is_complete
+
+    best = checkpoints_dir(run_dir) / "best"
+    if not is_complete(best):
+        return
+    meta = json.loads((best / "meta.json").read_text(encoding="utf-8"))
+    if meta["metrics"]["val_loss"] < final_val_loss:
+        print(
+            f"lowest val loss {meta['metrics']['val_loss']:.4f} at step {meta['step']}: "
+            f"tinygpt sample {best}"
+        )
 
 
 def run_sample(args: argparse.Namespace) -> None:
