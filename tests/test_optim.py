@@ -114,3 +114,23 @@ def test_batched_muon_matches_torch_muon() -> None:
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-3)  # bfloat16 iterations
     assert batched.state[ours[0]]["momentum_buffer"].shape == (24, 8)
+
+
+def test_adamw_uses_the_fused_kernel_on_a_cpu_and_matches_the_loop() -> None:
+    config = ModelConfig(arch="gpt", n_layer=1, n_head=2, n_embd=8, block_size=4)
+    torch.manual_seed(0)
+    model = GPT(config, 10)
+    twin = copy.deepcopy(model)
+    optim = OptimConfig()
+    fused = make_optimizer(model, optim, torch.device("cpu"))
+    assert fused.defaults["fused"] is True
+    groups = parameter_groups(list(twin.parameters()), optim.weight_decay)
+    plain = torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2))
+    idx = torch.randint(10, (2, 4))
+    for m, opt in ((model, fused), (twin, plain)):
+        for _ in range(3):
+            opt.zero_grad()
+            m(idx, idx)[1].backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the same update, one kernel
