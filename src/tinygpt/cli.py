@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -287,8 +288,6 @@ def train_here(args: argparse.Namespace) -> None:
 
 def print_best_if_earlier(run_dir: Path, final_val_loss: float) -> None:
     """Point to the best checkpoint when the run over-fitted after it."""
-    import json
-
     from tinygpt.checkpoint import checkpoints_dir, is_complete
 
     best = checkpoints_dir(run_dir) / "best"
