@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from tinygpt.config import resolve
-from tinygpt.train import train
+from tinygpt.runs import train
 
 
 def one_run(steps: int, data: str) -> dict[str, float]:

@@ -19,7 +19,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tinygpt.checkpoint import list_checkpoints, load_checkpoint
 from tinygpt.config import RunConfig
 from tinygpt.generate import Decoder
-from tinygpt.train import resume, setup, train, train_step
+from tinygpt.runs import resume, train
+from tinygpt.train import setup, train_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

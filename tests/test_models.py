@@ -13,7 +13,7 @@ from tinygpt.data import prepare
 from tinygpt.evaluate import estimate_loss
 from tinygpt.models import build_model
 from tinygpt.models.bigram import BigramLanguageModel
-from tinygpt.train import train
+from tinygpt.runs import train
 
 
 def test_forward_contract() -> None:

@@ -29,7 +29,7 @@ from tinygpt.checkpoint import (
 from tinygpt.config import DataConfig, RunConfig
 from tinygpt.data import prepare
 from tinygpt.errors import UserError
-from tinygpt.train import resume, train
+from tinygpt.runs import resume, train
 
 from .conftest import REPO
 
@@ -345,10 +345,10 @@ def test_any_command_line_exits_cleanly(training_replaced, capsys, argv: list) -
 @pytest.fixture(scope="module")
 def training_replaced():
     """Training itself is replaced: the fuzzer exercises parsing and validation only."""
-    import tinygpt.train
+    import tinygpt.runs
 
     with pytest.MonkeyPatch.context() as mp:
         fake = {"train_loss": 0.0, "val_loss": 0.0}
-        mp.setattr(tinygpt.train, "train", lambda *a, **k: fake)
-        mp.setattr(tinygpt.train, "resume", lambda *a, **k: fake)
+        mp.setattr(tinygpt.runs, "train", lambda *a, **k: fake)
+        mp.setattr(tinygpt.runs, "resume", lambda *a, **k: fake)
         yield mp

@@ -13,7 +13,8 @@ import torch
 from tinygpt.checkpoint import list_checkpoints, load_checkpoint
 from tinygpt.config import RunConfig, resolve
 from tinygpt.errors import UserError
-from tinygpt.train import resume, setup, train, train_step
+from tinygpt.runs import resume, train
+from tinygpt.train import setup, train_step
 
 TINY = {
     "model": {"arch": "gpt", "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,

@@ -254,7 +254,7 @@ def default_run_dir(name: str) -> Path:
 
 def train_here(args: argparse.Namespace) -> None:
     from tinygpt.checkpoint import is_run_dir
-    from tinygpt.train import is_finished, resume, train
+    from tinygpt.runs import is_finished, resume, train
 
     overrides = config_overrides(args)
     if "WORLD_SIZE" in os.environ and args.out is None and args.resume is None:

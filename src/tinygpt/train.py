@@ -1,53 +1,36 @@
 """Training: setup -> fit -> evaluate -> checkpoint, with no global state.
 
-Everything a run needs is checked (corpus, splits, device) before its run directory is
-created, so a mistake leaves nothing behind. A run resumed from a checkpoint continues with
-the same weights, optimizer state, learning rate and batch stream, so on a CPU it ends bit
-for bit where an uninterrupted run ends.
+A `Session` is a run's live state; `train_step` advances it by one optimizer step and `fit`
+is the loop around it (evaluation, checkpoints, metrics, signals). What a checkpoint must
+hold for exact resumption is `train_state`; starting, resuming and finishing a run in its
+directory is `runs.py`'s work.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import io
-import json
 import math
-import shutil
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import safetensors.torch
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tinygpt.batches import check_length, random_batch
-from tinygpt.checkpoint import (
-    clean_checkpoints,
-    find_checkpoint,
-    is_run_dir,
-    list_checkpoints,
-    load_train_state,
-    prune_checkpoints,
-    save_checkpoint,
-    write_run_config,
-)
-from tinygpt.config import RunConfig, SampleConfig
+from tinygpt.checkpoint import prune_checkpoints, save_checkpoint
+from tinygpt.config import RunConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
 from tinygpt.evaluate import bits_per_token, estimate_loss
 from tinygpt.faults import StopOnSignal, crash, planned_fault
-from tinygpt.generate import stream_text
-from tinygpt.metrics import MetricsLog, Throughput, drop_metrics_after
-from tinygpt.models import build_model, count_parameters
+from tinygpt.metrics import MetricsLog, Throughput
+from tinygpt.models import build_model
 from tinygpt.optim import OptimizerPair, lr_at, make_optimizer
-from tinygpt.plot import plot_losses
 from tinygpt.runtime import (
     SINGLE_PROCESS,
     Distributed,
@@ -103,102 +86,6 @@ def setup(config: RunConfig) -> Session:
     return Session(config, data, model, forward, optimizer, device, dtype, generator, group)
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A new run needs an empty place; --overwrite replaces an earlier run, nothing else."""
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return
-    if not is_run_dir(run_dir):
-        raise UserError(
-            f"{run_dir} exists and is not a tinygpt run directory; choose another --out"
-        )
-    if not overwrite:
-        raise UserError(
-            f"run directory {run_dir} already exists; resume it with --resume {run_dir}, "
-            "choose another --out or pass --overwrite"
-        )
-
-
-def train(
-    config: RunConfig,
-    run_dir: Path,
-    overwrite: bool = False,
-    out: TextIO | None = None,
-    until: int | None = None,
-) -> dict[str, float]:
-    """Train a model from scratch into `run_dir`; return the last evaluation.
-
-    `until` stops after that many steps (as an interruption would); `resume` goes on.
-    """
-    session = setup(config)
-    check_run_dir(run_dir, overwrite)
-    barrier(session.group)  # every rank has looked before rank 0 makes the directory
-    if session.group.is_main:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        write_run_config(run_dir, config)
-    barrier(session.group)
-    return run(session, run_dir, out, until)
-
-
-def is_finished(run_dir: Path) -> bool:
-    """Whether the newest complete checkpoint of a run is its last step."""
-    if not is_run_dir(run_dir) or not list_checkpoints(run_dir):
-        return False
-    _, meta = _newest_checkpoint(run_dir)
-    return meta["step"] >= meta["config"]["train"]["steps"]
-
-
-def _newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest complete checkpoint folder and its meta.json."""
-    folder = find_checkpoint(run_dir)
-    return folder, json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-
-
-def resume(
-    run_dir: Path, steps: int | None = None, out: TextIO | None = None, until: int | None = None
-) -> dict[str, float]:
-    """Continue a run from its newest complete checkpoint (optionally to `steps` in all).
-
-    Leftovers of an interrupted save are ignored and then removed; a run stopped before its
-    first checkpoint starts again from step 0 with its saved config.
-    """
-    if not is_run_dir(run_dir):
-        raise UserError(f"cannot resume {run_dir}: it is not a tinygpt run directory")
-    if not list_checkpoints(run_dir):
-        config = _config_with_steps(load_run_config(run_dir), steps)
-        return train(config, run_dir, overwrite=True, out=out, until=until)
-    folder, meta = _newest_checkpoint(run_dir)
-    config = _config_with_steps(RunConfig.from_dict(meta["config"]), steps)
-    if meta["step"] >= config.train.steps:
-        raise UserError(
-            f"{run_dir} already finished {meta['step']} steps; pass --steps N to train further"
-        )
-    session = setup(config)
-    safetensors.torch.load_model(session.model, str(folder / "model.safetensors"))
-    restore_train_state(session, load_train_state(folder))
-    barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
-    if session.group.is_main:
-        clean_checkpoints(run_dir)
-        drop_metrics_after(run_dir / "metrics.jsonl", session.step)
-        write_run_config(run_dir, config)
-        print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
-    return run(session, run_dir, out, until)
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    try:
-        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text("utf-8")))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {run_dir / 'config.json'}: {exc}") from None
-
-
-def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
-    if steps is None:
-        return config
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps))
-
-
 def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
     """Everything besides the weights that exact resumption needs; tensors and numbers only."""
     return {
@@ -218,40 +105,6 @@ def restore_train_state(session: Session, state: dict[str, Any]) -> None:
     session.optimizer.load_state_dict(state["optimizer"])
     session.generator.set_state(state["batch_generator"])
     set_rng_states(state["rng"])
-
-
-def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) -> dict[str, float]:
-    """Report, fit, plot the losses and print a sample (rank 0 alone reports)."""
-    if not session.group.is_main:
-        return fit(session, run_dir, io.StringIO(), until)
-    out = out or sys.stdout
-    config = session.config
-    n_params = count_parameters(session.model)
-    print(f"run directory: {run_dir}", file=out)
-    print(f"config: {json.dumps(config.to_dict())}", file=out)
-    precision = "bfloat16 autocast" if session.dtype else "float32"
-    group = f", {session.group.world_size} processes" if session.group.enabled else ""
-    print(
-        f"model: {config.model.arch}, {n_params:,} parameters, on {session.device}, "
-        f"{precision}{group}",
-        file=out,
-    )
-    final = fit(session, run_dir, out, until)
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
-    if config.train.sample_tokens and session.step == config.train.steps:
-        print("--- sample ---", file=out)
-        print_sample(session, config.train.sample_tokens, out)
-    return final
-
-
-def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:
-    cfg = session.config
-    sampling = SampleConfig(max_new_tokens=max_new_tokens, seed=cfg.train.seed)
-    pieces = stream_text(session.model, session.data.tokenizer, "", cfg.model.block_size, sampling)
-    for piece in pieces:
-        out.write(piece)
-        out.flush()
-    out.write("\n")
 
 
 def autocast(session: Session) -> contextlib.AbstractContextManager:
