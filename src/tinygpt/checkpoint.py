@@ -197,11 +197,16 @@ def find_checkpoint(path: Path) -> Path:
     return found[-1]
 
 
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A checkpoint folder's meta.json: format, step, config, tokenizer, metrics."""
+    return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load a checkpoint (or a run's newest one): config, tokenizer and model weights."""
     folder = find_checkpoint(path)
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = read_meta(folder)
         config = RunConfig.from_dict(meta["config"])
         tokenizer = tokenizer_from_dict(meta["tokenizer"])
         step, metrics = int(meta["step"]), dict(meta.get("metrics", {}))

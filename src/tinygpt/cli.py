@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -288,12 +287,12 @@ def train_here(args: argparse.Namespace) -> None:
 
 def print_best_if_earlier(run_dir: Path, final_val_loss: float) -> None:
     """Point to the best checkpoint when the run over-fitted after it."""
-    from tinygpt.checkpoint import checkpoints_dir, is_complete
+    from tinygpt.checkpoint import checkpoints_dir, is_complete, read_meta
 
     best = checkpoints_dir(run_dir) / "best"
     if not is_complete(best):
         return
-    meta = json.loads((best / "meta.json").read_text(encoding="utf-8"))
+    meta = read_meta(best)
     if meta["metrics"]["val_loss"] < final_val_loss:
         print(
             f"lowest val loss {meta['metrics']['val_loss']:.4f} at step {meta['step']}: "

@@ -24,6 +24,7 @@ from tinygpt.checkpoint import (
     is_run_dir,
     list_checkpoints,
     load_train_state,
+    read_meta,
     write_run_config,
 )
 from tinygpt.config import RunConfig, SampleConfig
@@ -85,7 +86,7 @@ def is_finished(run_dir: Path) -> bool:
 def _newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
     """The newest complete checkpoint folder and its meta.json."""
     folder = find_checkpoint(run_dir)
-    return folder, json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    return folder, read_meta(folder)
 
 
 def resume(
