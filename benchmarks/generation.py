@@ -21,6 +21,7 @@ import torch
 from tinygpt.config import SampleConfig, preset_names, resolve
 from tinygpt.generate import Decoder, generate
 from tinygpt.models import build_model
+from tinygpt.runtime import cpu_description
 
 VOCAB = 65
 
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
+    print(f"cpu: {cpu_description()}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, greedy, 1 sample, "
         f"{args.dtype} weights"

@@ -37,6 +37,7 @@ from tinygpt.config import (
     section_types,
 )
 from tinygpt.evaluate import split_loss
+from tinygpt.runtime import cpu_description
 from tinygpt.train import setup, train_step
 
 
@@ -135,6 +136,7 @@ def main() -> None:
     for spec in args.presets:
         if spec.split("+")[0] not in preset_names():
             parser.error(f"unknown preset in {spec!r} (known: {', '.join(preset_names())})")
+    print(f"cpu: {cpu_description()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, target {args.target}")
     curves: dict[str, list] = {preset: [] for preset in args.presets}
     for repeat in range(args.repeats):  # presets alternate, so load drifts hit both alike

@@ -77,3 +77,25 @@ def text_file(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+SHORT = (
+    "--preset",
+    "bigram",
+    "--steps",
+    "60",
+    "--train.eval_interval",
+    "20",
+    "--train.eval_batches",
+    "4",
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) -> Path:
+    """A short bigram run, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("runs") / "short"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYGPT_HOME", str(shakespeare_home))
+        main(["train", *SHORT, "--optim.lr", "0.05", "--out", str(out)])
+    return out

@@ -13,30 +13,7 @@ import safetensors
 
 from tinygpt.config import RunConfig, section_types
 
-from .conftest import SHAKESPEARE
-
-SHORT = (
-    "--preset",
-    "bigram",
-    "--steps",
-    "60",
-    "--train.eval_interval",
-    "20",
-    "--train.eval_batches",
-    "4",
-)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) -> Path:
-    """A short bigram run, shared by the tests that only read it."""
-    from tinygpt.cli import main
-
-    out = tmp_path_factory.mktemp("runs") / "short"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TINYGPT_HOME", str(shakespeare_home))
-        main(["train", *SHORT, "--optim.lr", "0.05", "--out", str(out)])
-    return out
+from .conftest import SHAKESPEARE, SHORT
 
 
 def test_help_lists_every_option_with_its_default(cli) -> None:

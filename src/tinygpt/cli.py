@@ -305,6 +305,7 @@ def run_sample(args: argparse.Namespace) -> None:
 
     from tinygpt.checkpoint import load_checkpoint
     from tinygpt.generate import encode_prompt, stream_texts
+    from tinygpt.runtime import warn_if_bf16_is_slow
 
     sampling = SampleConfig(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)}
@@ -314,6 +315,8 @@ def run_sample(args: argparse.Namespace) -> None:
         fail(f"cannot write {args.output}: no such directory {args.output.parent}")
     checkpoint = load_checkpoint(args.run_dir)
     model = checkpoint.model.to(getattr(torch, sampling.dtype))
+    if sampling.dtype == "bfloat16":
+        warn_if_bf16_is_slow(next(model.parameters()).device, "sampling")
     block_size = checkpoint.config.model.block_size
     ids, was_cut = encode_prompt(checkpoint.tokenizer, prompt, block_size)
     if was_cut:

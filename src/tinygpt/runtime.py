@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 import random
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +39,85 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices at least about as fast as float32 ones.
+
+    Measured once per process rather than read from CPU flags: what matters is the path
+    torch's kernels take, and flags do not tell it. torch reports "AVX512" for CPUs with and
+    without bfloat16 instructions, oneDNN may be held to a lower ISA (ONEDNN_MAX_CPU_ISA),
+    and ARM CPUs differ by vendor. Without native support the product takes a scalar path
+    10-100x slower than float32 (benchmarks/RESULTS.md), so the verdict is not close; the
+    measurement costs a few milliseconds where bfloat16 is native and under 0.1 s where not.
+    """
+    times = {dtype: _matmul_seconds(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    return times[torch.bfloat16] <= 3 * times[torch.float32]
+
+
+def _matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
+    """The fastest of a few (size x size) products, after one untimed warm-up."""
+    a = torch.ones(size, size, dtype=dtype)
+    torch.mm(a, a)  # untimed: oneDNN compiles its kernel on the first call
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, a)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 arithmetic pays on this device (GPUs: if supported at all)."""
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return True
+
+
+def reduced_precision(device: torch.device) -> torch.dtype:
+    """The dtype for work that tolerates bfloat16 (Muon's orthogonalisation): bfloat16 where
+    it is fast, float32 on CPUs without native bfloat16."""
+    return torch.bfloat16 if bf16_is_fast(device) else torch.float32
+
+
+def warn_if_bf16_is_slow(device: torch.device, what: str) -> None:
+    """One line on stderr when bfloat16 is asked for explicitly on a CPU without it."""
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        print(
+            f"tinygpt: warning: {what} in bfloat16 will be slow here: this CPU has no native "
+            "bfloat16 matrix products (torch falls back to a path 10-100x slower than "
+            "float32); float32 is faster",
+            file=sys.stderr,
+        )
+
+
+def cpu_description() -> str:
+    """The CPU a figure was measured on: model name, torch's capability level and cores."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            name = next(
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    bf16 = "native bfloat16" if cpu_has_native_bf16() else "no native bfloat16"
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name}; torch CPU capability {capability}; {bf16}; {os.cpu_count()} cores"
+
+
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
-    """The dtype to autocast the forward pass to, or None for plain float32."""
+    """The dtype to autocast the forward pass to, or None for plain float32.
+
+    `auto` is bfloat16 on CUDA GPUs that support it and float32 elsewhere: on a CPU, even
+    one with native bfloat16, autocast did not pay at the shapes of the CPU presets (the
+    casts cost what the products save; benchmarks/RESULTS.md).
+    """
     if name == "bfloat16":
+        warn_if_bf16_is_slow(device, "training")
         return torch.bfloat16
-    if name == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if name == "auto" and device.type == "cuda" and bf16_is_fast(device):
         return torch.bfloat16
     return None
 
