@@ -1,7 +1,9 @@
 """Shared fixtures: an isolated cache for every test, and tiny shakespeare placed in it.
 
-Nothing here touches the network: the corpus is copied from a local file, by default the
-copy that sits beside the repository (override with TINYGPT_TEST_CORPUS).
+The tests never download anything but the corpus, and that only when no copy is found: the
+copy named by TINYGPT_TEST_CORPUS, the one beside the repository (shared/data/...), the
+user's tinygpt cache (after `tinygpt data tinyshakespeare`), and only then a download into
+that cache, checksum verified. Without any of them the run stops at once with one message.
 """
 
 from __future__ import annotations
@@ -13,14 +15,41 @@ from pathlib import Path
 
 import pytest
 
+from tinygpt import data
 from tinygpt.cli import main
+from tinygpt.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = Path(
-    os.environ.get(
-        "TINYGPT_TEST_CORPUS", REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-    )
+BESIDE_REPO = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+HOW_TO_PROVIDE = (
+    "tiny shakespeare is needed by the tests: set TINYGPT_TEST_CORPUS=PATH/input.txt, or run "
+    "`tinygpt data tinyshakespeare --from PATH/input.txt` once (or `tinygpt data "
+    "tinyshakespeare` online)"
 )
+
+
+def find_test_corpus() -> Path:
+    """A verified local copy of tiny shakespeare; pytest.exit with one message if none."""
+    corpus = data.CORPORA["tinyshakespeare"]
+    explicit = os.environ.get("TINYGPT_TEST_CORPUS")
+    if explicit:
+        if not Path(explicit).is_file():
+            pytest.exit(f"TINYGPT_TEST_CORPUS={explicit} is not a file; {HOW_TO_PROVIDE}", 2)
+        return Path(explicit)
+    for candidate in (BESIDE_REPO, data.corpus_cache_path(corpus)):
+        if candidate.is_file() and data.sha256_of(candidate) == corpus.sha256:
+            return candidate
+    try:
+        return data.download(corpus)
+    except UserError as exc:
+        pytest.exit(f"{exc}; {HOW_TO_PROVIDE}", 2)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[CORPUS_KEY] = find_test_corpus()
+
+
+CORPUS_KEY = pytest.StashKey[Path]()
 
 
 @pytest.fixture(autouse=True)
@@ -33,13 +62,17 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shakespeare_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not SHAKESPEARE.is_file():
-        pytest.fail(f"tiny shakespeare not found at {SHAKESPEARE}; set TINYGPT_TEST_CORPUS")
+def shakespeare_path(request: pytest.FixtureRequest) -> Path:
+    """The local copy of tiny shakespeare that the tests read (never written to)."""
+    return request.config.stash[CORPUS_KEY]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_home(tmp_path_factory: pytest.TempPathFactory, shakespeare_path: Path) -> Path:
     home = tmp_path_factory.mktemp("shakespeare-home")
     target = home / "corpora" / "tinyshakespeare" / "input.txt"
     target.parent.mkdir(parents=True)
-    shutil.copyfile(SHAKESPEARE, target)
+    shutil.copyfile(shakespeare_path, target)
     return home
 
 

@@ -11,19 +11,21 @@ from pathlib import Path
 import pytest
 import safetensors
 
-from tinygpt.config import RunConfig, section_types
+from tinygpt.config import RunConfig, resolve, section_types
 
-from .conftest import SHAKESPEARE, SHORT
+from .conftest import SHORT
 
 
 def test_help_lists_every_option_with_its_default(cli) -> None:
-    code, out, _ = cli("train", "--help")
+    code, out, _ = cli("train", "--preset", "lecture", "--help")
     assert code == 0
     flat = " ".join(out.split())
+    lecture = resolve("lecture")
     for section, section_cls in section_types().items():
         for f in dataclasses.fields(section_cls):
+            value = getattr(getattr(lecture, section), f.name)
             assert f"--{section}.{f.name}" in flat
-            assert f"(default: {f.default!r})" in flat
+            assert f"(default: {value!r})" in flat
     for flag in ("--preset", "--config", "--data", "--out", "--steps", "--seed", "--overwrite"):
         assert flag in flat
     for command in ("data", "inspect", "sample"):
@@ -213,11 +215,11 @@ def test_console_entry_point_exits_2_without_traceback(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_shared_corpus_path_works_as_data(cli, tmp_path: Path) -> None:
+def test_the_shared_corpus_path_works_as_data(cli, tmp_path: Path, shakespeare_path) -> None:
     code, out, _ = cli(
         "train",
         "--data",
-        SHAKESPEARE,
+        shakespeare_path,
         *SHORT,
         "--train.sample_tokens",
         "0",

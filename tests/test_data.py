@@ -13,8 +13,6 @@ from tinygpt import data
 from tinygpt.config import DataConfig
 from tinygpt.errors import UserError
 
-from .conftest import SHAKESPEARE
-
 
 @pytest.fixture
 def local_url(monkeypatch: pytest.MonkeyPatch):
@@ -29,19 +27,19 @@ def local_url(monkeypatch: pytest.MonkeyPatch):
     return point_at
 
 
-def test_registry_names_the_canonical_address() -> None:
+def test_registry_names_the_canonical_address(shakespeare_path: Path) -> None:
     corpus = data.CORPORA["tinyshakespeare"]
     assert corpus.url.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
-    assert hashlib.sha256(SHAKESPEARE.read_bytes()).hexdigest() == corpus.sha256
+    assert hashlib.sha256(shakespeare_path.read_bytes()).hexdigest() == corpus.sha256
 
 
 def test_download_shows_progress_and_verifies_checksum(
-    local_url, isolated_home: Path, capsys: pytest.CaptureFixture[str]
+    local_url, isolated_home: Path, capsys: pytest.CaptureFixture[str], shakespeare_path: Path
 ) -> None:
-    local_url(SHAKESPEARE)
+    local_url(shakespeare_path)
     path = data.resolve_corpus("tinyshakespeare")
     assert path == isolated_home / "corpora" / "tinyshakespeare" / "input.txt"
-    assert path.read_bytes() == SHAKESPEARE.read_bytes()
+    assert path.read_bytes() == shakespeare_path.read_bytes()
     assert "downloading tinyshakespeare" in capsys.readouterr().err
     assert data.resolve_corpus("tinyshakespeare") == path  # cached: no second download
     assert "downloading" not in capsys.readouterr().err
@@ -66,11 +64,13 @@ def test_offline_error_names_address_and_local_copy(
     assert list((isolated_home / "corpora" / "tinyshakespeare").iterdir()) == []
 
 
-def test_data_command_takes_a_verified_local_copy(cli, isolated_home: Path, text_file) -> None:
-    code, out, _ = cli("data", "tinyshakespeare", "--from", SHAKESPEARE)
+def test_data_command_takes_a_verified_local_copy(
+    cli, isolated_home: Path, text_file, shakespeare_path: Path
+) -> None:
+    code, out, _ = cli("data", "tinyshakespeare", "--from", shakespeare_path)
     assert code == 0
     cached = isolated_home / "corpora" / "tinyshakespeare" / "input.txt"
-    assert out.strip() == str(cached) and cached.read_bytes() == SHAKESPEARE.read_bytes()
+    assert out.strip() == str(cached) and cached.read_bytes() == shakespeare_path.read_bytes()
     code, out, _ = cli("data")
     assert code == 0 and "tinyshakespeare" in out and "cached" in out
     cached.unlink()
@@ -80,11 +80,11 @@ def test_data_command_takes_a_verified_local_copy(cli, isolated_home: Path, text
     assert code == 2 and "unknown corpus 'wikipedia'" in err
 
 
-def test_prepare_splits_like_the_notebook(shakespeare: Path) -> None:
+def test_prepare_splits_like_the_notebook(shakespeare: Path, shakespeare_path: Path) -> None:
     prepared = data.prepare(DataConfig())
     assert (len(prepared.train), len(prepared.val)) == (1_003_854, 111_540)
     assert isinstance(prepared.train, np.memmap) and prepared.train.dtype == np.uint16
-    text = SHAKESPEARE.read_text(encoding="utf-8")
+    text = shakespeare_path.read_text(encoding="utf-8")
     assert prepared.tokenizer.decode(prepared.train[:14].tolist()) == text[:14]
     assert prepared.tokenizer.decode(prepared.val[-10:].tolist()) == text[-10:]
     assert (prepared.folder / "tokenizer.json").is_file()

@@ -160,7 +160,9 @@ def test_resume_before_the_first_checkpoint_starts_over(shakespeare, tmp_path: P
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(tiny_config(steps=10).to_dict()))
-    resume(run_dir, out=io.StringIO())
+    out = io.StringIO()
+    resume(run_dir, out=out)
+    assert "no complete checkpoint to resume from; starting it again" in out.getvalue()
     assert list_checkpoints(run_dir)[-1].name == "step-00000010"
 
 

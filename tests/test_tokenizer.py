@@ -13,12 +13,10 @@ from hypothesis import strategies as st
 from tinygpt.errors import UserError
 from tinygpt.tokenizer import CharTokenizer, load_tokenizer, save_tokenizer
 
-from .conftest import SHAKESPEARE
-
 
 @pytest.fixture(scope="module")
-def shakespeare_tokenizer() -> CharTokenizer:
-    return CharTokenizer.from_text(SHAKESPEARE.read_text(encoding="utf-8"))
+def shakespeare_tokenizer(shakespeare_path: Path) -> CharTokenizer:
+    return CharTokenizer.from_text(shakespeare_path.read_text(encoding="utf-8"))
 
 
 def test_shakespeare_vocabulary_and_lecture_example(shakespeare_tokenizer: CharTokenizer) -> None:

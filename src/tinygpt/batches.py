@@ -17,12 +17,14 @@ from tinygpt.errors import UserError
 EVAL_SEED_OFFSET = {"train": 1, "val": 2}  # eval streams differ from the training stream
 
 
-def check_length(data: np.ndarray, block_size: int, split: str) -> None:
-    """A split must hold at least one window plus its target."""
+def check_length(
+    data: np.ndarray, block_size: int, split: str, option: str = "--model.block_size"
+) -> None:
+    """A split must hold at least one window plus its target (`option` sets block_size)."""
     if len(data) < block_size + 1:
         raise UserError(
             f"the {split} split has {len(data)} tokens, fewer than block_size + 1 = "
-            f"{block_size + 1}; use a longer corpus or a smaller --model.block_size"
+            f"{block_size + 1}; use a longer corpus or a smaller {option}"
         )
 
 

@@ -11,11 +11,12 @@ half-written ones are never picked up.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
-import tempfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from torch import nn
 
 from tinygpt.config import RunConfig
 from tinygpt.errors import UserError
+from tinygpt.files import temp_dir
 from tinygpt.models import build_model
 from tinygpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
 
@@ -71,7 +73,9 @@ def save_checkpoint(
     """Write checkpoints/NAME (default step-N) atomically and return its path.
 
     Non-finite weights are refused, and a failed write (full disk, read-only folder) leaves
-    the checkpoints already there as they were.
+    the checkpoints already there as they were. The writers do not all fail with OSError
+    (safetensors raises its own error; torch.save a RuntimeError), so the training state is
+    serialised in memory and written as plain bytes, and safetensors' error is caught too.
     """
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise UserError(f"refusing to save step {step}: the weights hold NaN or infinity")
@@ -79,7 +83,7 @@ def save_checkpoint(
         parent = checkpoints_dir(run_dir)
         parent.mkdir(parents=True, exist_ok=True)
         final = parent / (name or f"step-{step:08d}")
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+        tmp = temp_dir(parent, ".tmp-")
         try:
             safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
             meta = {
@@ -91,14 +95,16 @@ def save_checkpoint(
             }
             (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
             if train_state is not None:
-                torch.save(train_state, tmp / "train_state.pt")
+                buffer = io.BytesIO()
+                torch.save(train_state, buffer)
+                (tmp / "train_state.pt").write_bytes(buffer.getbuffer())
             _fsync_tree(tmp)
             _swap_into_place(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
-    except OSError as exc:
-        raise UserError(f"cannot write a checkpoint in {run_dir}: {exc.strerror or exc}") from None
+    except (OSError, safetensors.SafetensorError) as exc:
+        raise UserError(f"cannot write a checkpoint in {run_dir}: {_write_error(exc)}") from None
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -186,15 +192,23 @@ def is_complete(folder: Path) -> bool:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A checkpoint folder itself, or the newest checkpoint of a run directory."""
+    """A checkpoint folder itself, or the newest checkpoint of a run directory (its best one,
+    with a note, when no step checkpoint is left)."""
     if not path.exists():
         raise UserError(f"no such run directory: {path}")
     if is_complete(path):
         return path
     found = list_checkpoints(path)
-    if not found:
-        raise UserError(f"{path} is not a tinygpt run directory (it holds no checkpoint)")
-    return found[-1]
+    if found:
+        return found[-1]
+    best = checkpoints_dir(path) / "best"
+    if is_complete(best):
+        print(
+            f"tinygpt: note: {path} has no step checkpoint left; using its best one ({best})",
+            file=sys.stderr,
+        )
+        return best
+    raise UserError(f"{path} is not a tinygpt run directory (it holds no checkpoint)")
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -225,6 +239,15 @@ def load_checkpoint(path: Path) -> Checkpoint:
     except (OSError, safetensors.SafetensorError) as exc:
         raise UserError(f"checkpoint {folder}: weights do not load ({_first_line(exc)})") from None
     return Checkpoint(folder, step, config, tokenizer, model, metrics)
+
+
+def _write_error(exc: Exception) -> str:
+    """The reason a write failed: OSError's text, or the one inside safetensors' message
+    (`IoError(Os { code: 28, ..., message: "No space left on device" })`)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    found = re.search(r'message: "([^"]+)"', str(exc))
+    return found.group(1) if found else _first_line(exc)
 
 
 def _first_line(exc: Exception) -> str:

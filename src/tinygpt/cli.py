@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +18,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from tinygpt import __version__
 from tinygpt.config import (
+    RunConfig,
     SampleConfig,
     field_types,
     parse_value,
@@ -24,7 +28,8 @@ from tinygpt.config import (
     resolve,
     section_types,
 )
-from tinygpt.errors import TrainingInterrupted, UserError
+from tinygpt.errors import Interrupted, UserError
+from tinygpt.faults import stop_if_requested, stop_request
 
 SHORTCUTS = {  # short flag -> (config key, metavar, help)
     "--data": ("data.dataset", "NAME|FILE", "registered corpus or UTF-8 text file"),
@@ -35,6 +40,8 @@ SHORTCUTS = {  # short flag -> (config key, metavar, help)
 
 class Parser(argparse.ArgumentParser):
     """argparse, but an error is one line (no usage block) and exit status 2."""
+
+    commands: dict[str, Parser]  # the subcommands' parsers (on the top-level parser)
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see `{self.prog} --help`)")
@@ -53,8 +60,9 @@ def converter(kind: type) -> Callable[[str], Any]:
     return convert
 
 
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """One `--section.field` option per config field, and the short aliases."""
+def add_config_options(parser: argparse.ArgumentParser, shown: RunConfig) -> None:
+    """One `--section.field` option per config field, and the short aliases; the help gives
+    each field's value in `shown` (what a run with no such option gets)."""
     for flag, (key, metavar, help_text) in SHORTCUTS.items():
         section, name = key.split(".")
         kind = field_types(section_types()[section])[name]
@@ -69,6 +77,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     for section, section_cls in section_types().items():
         group = parser.add_argument_group(f"{section} options")
         kinds = field_types(section_cls)
+        values = getattr(shown, section)
         for f in dataclasses.fields(section_cls):
             group.add_argument(
                 f"--{section}.{f.name}",
@@ -76,7 +85,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                 type=converter(kinds[f.name]),
                 metavar=kinds[f.name].__name__.upper(),
                 default=argparse.SUPPRESS,
-                help=f"{f.metadata.get('help', '')} (default: {f.default!r})",
+                help=f"{f.metadata.get('help', '')} (default: {getattr(values, f.name)!r})",
             )
 
 
@@ -90,10 +99,20 @@ def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
-def build_parser() -> Parser:
+def build_parser(shown: RunConfig | None = None, shown_as: str = "") -> Parser:
+    """The whole command line; `train --help` shows the values of `shown` (a preset's)."""
     parser = Parser(prog="tinygpt", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    parser.commands = commands.choices  # name -> its parser, for errors in its own words
+    add_data_command(commands)
+    add_inspect_command(commands)
+    add_train_command(commands, shown or RunConfig(), shown_as)
+    add_sample_command(commands)
+    return parser
 
+
+def add_data_command(commands: Any) -> None:
     data = commands.add_parser(
         "data", help="download a corpus, or list the registry", allow_abbrev=False
     )
@@ -106,6 +125,8 @@ def build_parser() -> Parser:
         help="take a local copy instead of downloading (the checksum is verified)",
     )
 
+
+def add_inspect_command(commands: Any) -> None:
     inspect = commands.add_parser(
         "inspect", help="walk through the notebook's data steps", allow_abbrev=False
     )
@@ -114,8 +135,13 @@ def build_parser() -> Parser:
     inspect.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
     inspect.add_argument("--seed", type=int, default=1337, help="batch seed (default: 1337)")
 
+
+def add_train_command(commands: Any, shown: RunConfig, shown_as: str) -> None:
     train = commands.add_parser(
-        "train", help="train a model into a run directory", allow_abbrev=False
+        "train",
+        help="train a model into a run directory",
+        description=f"Train a model into a run directory. {shown_as}",
+        allow_abbrev=False,
     )
     train.add_argument("--preset", choices=preset_names(), help="a shipped preset (configs/)")
     train.add_argument("--config", type=Path, metavar="FILE", help="a TOML config file")
@@ -133,8 +159,10 @@ def build_parser() -> Parser:
         "--nproc", type=int, default=1, metavar="N",
         help="train with N processes on this machine (launches torchrun; default: 1)",
     )  # fmt: skip
-    add_config_options(train)
+    add_config_options(train, shown)
 
+
+def add_sample_command(commands: Any) -> None:
     sample = commands.add_parser(
         "sample", help="generate text from a trained run", allow_abbrev=False
     )
@@ -162,16 +190,28 @@ def build_parser() -> Parser:
         "--stop",
         action="append",
         default=[],
+        type=unescape,
         metavar="TEXT",
-        help="end a sample where TEXT appears (repeatable; TEXT is not shown)",
+        help="end a sample where TEXT appears (repeatable; TEXT is not shown; "
+        r"\n, \t, \r and \\ stand for a newline, a tab, a carriage return, a backslash)",
     )
     sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
-    return parser
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    r"""`\n`, `\t`, `\r` and `\\` as the characters they stand for (a shell passes `"\n"` as
+    a backslash and an n); any other backslash stays as it is."""
+    return re.sub(r"\\([ntr\\])", lambda m: ESCAPES[m.group(1)], text)
 
 
 def run_data(args: argparse.Namespace) -> None:
     from tinygpt import data
 
+    if args.name is None and args.source is not None:
+        fail(f"--from needs a corpus name: tinygpt data NAME --from {args.source}")
     if args.name is None:
         print(f"cache: {data.cache_home()}")
         for corpus in data.CORPORA.values():
@@ -204,6 +244,16 @@ def default_preset() -> str:
     import torch
 
     return "shakespeare-char" if torch.cuda.is_available() else "cpu-fast"
+
+
+def describe_source(preset: str | None, config_file: Path | None) -> str:
+    """Where a run's settings come from, in words: `cpu-fast (the default on a CPU)`."""
+    if config_file is not None:
+        return f"{preset} + {config_file}" if preset else str(config_file)
+    if preset is not None:
+        return preset
+    where = "a CUDA GPU" if default_preset() == "shakespeare-char" else "a CPU"
+    return f"{default_preset()} (the default on {where}; choose another with --preset)"
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -278,6 +328,8 @@ def train_here(args: argparse.Namespace) -> None:
         preset = args.preset or (None if args.config else default_preset())
         config = resolve(preset, args.config, overrides)
         run_dir = args.out or default_run_dir(preset or args.config.stem)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"preset: {describe_source(args.preset, args.config)}")
         final = train(config, run_dir, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
@@ -311,8 +363,8 @@ def run_sample(args: argparse.Namespace) -> None:
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)}
     )
     prompt = args.prompt if args.prompt_file is None else read_prompt(args.prompt_file)
-    if args.output is not None and not args.output.parent.is_dir():
-        fail(f"cannot write {args.output}: no such directory {args.output.parent}")
+    if args.output is not None:
+        check_writable(args.output)
     checkpoint = load_checkpoint(args.run_dir)
     model = checkpoint.model.to(getattr(torch, sampling.dtype))
     if sampling.dtype == "bfloat16":
@@ -354,6 +406,18 @@ def read_prompt(path: Path) -> str:
         raise UserError(f"cannot read prompt file {path}: {exc}") from None
 
 
+def check_writable(path: Path) -> None:
+    """Fail before generating if the text could not be written to `path` afterwards."""
+    folder = path.parent
+    if not folder.is_dir():
+        fail(f"cannot write {path}: no such directory {folder}")
+    if path.is_dir():
+        fail(f"cannot write {path}: it is a directory")
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK):
+        fail(f"cannot write {path}: {target} is read-only (permissions or file system)")
+
+
 def write_text(path: Path, text: str) -> None:
     try:
         path.write_text(text, encoding="utf-8")
@@ -365,14 +429,16 @@ COMMANDS = {"data": run_data, "inspect": run_inspect, "train": run_train, "sampl
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # for --nproc to pass on
+    stop_request.listen()  # first of all: a Ctrl-C during torch's import must stop cleanly
     try:
-        COMMANDS[args.command](args)
+        run_command(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:  # `tinygpt sample RUN | head`: the reader has all it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush into the closed pipe
+        sys.exit(0)
     except UserError as exc:
         fail(str(exc))
-    except TrainingInterrupted as exc:
+    except Interrupted as exc:
         print(f"tinygpt: {exc}", file=sys.stderr)
         sys.exit(128 + exc.signum)
     except OSError as exc:  # a full disk or a read-only folder, outside checkpoint writes
@@ -381,5 +447,54 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("tinygpt: interrupted", file=sys.stderr)
         sys.exit(130)
-    except BrokenPipeError:  # e.g. `tinygpt sample RUN | head`
-        sys.exit(0)
+    finally:
+        stop_request.release()
+
+
+def run_command(argv: list[str]) -> None:
+    parser = build_parser(*train_help_defaults(argv))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        reject_unknown(parser, args.command, unknown)
+    args.argv = argv  # for --nproc to pass on
+    if args.command != "train":  # training stops at a step boundary; the rest at once
+        stop_request.release()
+        stop_if_requested()
+    COMMANDS[args.command](args)
+    sys.stdout.flush()  # a closed pipe is met here, where it is handled, not at exit
+
+
+def reject_unknown(parser: Parser, command: str, unknown: list[str]) -> NoReturn:
+    """An unknown option is reported by its own subcommand, with the nearest known one."""
+    subparser = parser.commands[command]
+    known = [flag for action in subparser._actions for flag in action.option_strings]
+    flag = unknown[0].split("=", 1)[0]
+    close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("-") else []
+    hint = f"; did you mean {close[0]}?" if close else ""
+    subparser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+
+
+def train_help_defaults(argv: list[str]) -> tuple[RunConfig | None, str]:
+    """For `train --help`: the config a run with these --preset/--config options would get,
+    and a sentence saying which it is (None elsewhere: only help shows these values)."""
+    if not argv or argv[0] != "train" or not {"-h", "--help"} & set(argv):
+        return None, ""
+    preset = option_value(argv, "--preset")
+    config_file = Path(value) if (value := option_value(argv, "--config")) else None
+    try:
+        config = resolve(preset or (None if config_file else default_preset()), config_file)
+    except UserError:
+        return None, ""  # parsing the options reports the mistake
+    source = describe_source(preset, config_file)
+    return config, f"The defaults shown are those of the settings used here: {source}."
+
+
+def option_value(argv: list[str], flag: str) -> str | None:
+    """The value of `flag VALUE` or `flag=VALUE` in argv (the last one given), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+    return value

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tempfile
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -25,9 +26,10 @@ from tqdm import tqdm
 
 from tinygpt.config import DataConfig
 from tinygpt.errors import UserError
+from tinygpt.files import temp_dir, temp_file
 from tinygpt.tokenizer import CharTokenizer, load_tokenizer, save_tokenizer
 
-PREPARE_FORMAT = 1  # bump when the prepared files change meaning
+PREPARE_FORMAT = 2  # bump when the prepared files change meaning (2: CRLF read as LF)
 
 
 @dataclass(frozen=True)
@@ -95,14 +97,14 @@ def download(corpus: Corpus) -> Path:
     """Fetch a registered corpus into the cache, with a progress bar and checksum check."""
     dest = corpus_cache_path(corpus)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".download-")
+    tmp = temp_file(dest.parent, ".download-")
     try:
-        with os.fdopen(fd, "wb") as out:
+        with tmp.open("wb") as out:
             _fetch(corpus, out)
-        _check_sha256(Path(tmp_name), corpus)
-        os.replace(tmp_name, dest)
+        _check_sha256(tmp, corpus)
+        os.replace(tmp, dest)
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -134,18 +136,19 @@ def _check_sha256(path: Path, corpus: Corpus) -> None:
 
 def import_local_copy(corpus: Corpus, source: Path) -> Path:
     """Put a local copy of a registered corpus into the cache, after checking its checksum."""
+    if source.is_dir():
+        raise UserError(f"{source} is a directory; --from takes the corpus file itself")
     if not source.is_file():
         raise UserError(f"no such file: {source}")
     dest = corpus_cache_path(corpus)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=".import-")
-    os.close(fd)
+    tmp = temp_file(dest.parent, ".import-")
     try:
-        shutil.copyfile(source, tmp_name)
-        _check_sha256(Path(tmp_name), corpus)
-        os.replace(tmp_name, dest)
+        shutil.copyfile(source, tmp)
+        _check_sha256(tmp, corpus)
+        os.replace(tmp, dest)
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -166,6 +169,43 @@ def read_text(path: Path) -> str:
     return text
 
 
+# the parts of emoji sequences, which a char tokenizer separates
+EMOJI_PARTS = re.compile(
+    "[\u200d\ufe0e\ufe0f\u20e3"  # joiner, text / emoji presentation, keycap
+    "\U0001f3fb-\U0001f3ff"  # skin tones
+    "\U0001f1e6-\U0001f1ff"  # the regional indicators that make flags
+    "\U000e0020-\U000e007f]"  # tags (subdivision flags)
+)
+
+
+def normalise(text: str, path: Path) -> str:
+    """Windows line endings (CRLF) become LF, one token instead of two; said once, when the
+    corpus is prepared."""
+    if "\r\n" in text:
+        note(f"{path} has Windows line endings (CRLF); they are read as \\n")
+        text = text.replace("\r\n", "\n")
+    return text
+
+
+def check_vocabulary(text: str, path: Path) -> None:
+    """A model needs at least two symbols to choose between; emoji sequences get a note."""
+    distinct = set(text)
+    if len(distinct) < 2:
+        raise UserError(
+            f"corpus {path} has a vocabulary of {len(distinct)} character ({''.join(distinct)!r});"
+            " there is nothing to learn, use a real text"
+        )
+    if EMOJI_PARTS.search(text):
+        note(
+            f"{path} has emoji made of several code points (joiners, skin tones, flags); the "
+            "char tokenizer splits them, so samples may show their parts apart"
+        )
+
+
+def note(message: str) -> None:
+    print(f"tinygpt: note: {message}", file=sys.stderr)
+
+
 def split_point(n_tokens: int, val_fraction: float) -> int:
     """The notebook's split: the first (1 - val_fraction) of the tokens train, the rest val."""
     return int((1 - val_fraction) * n_tokens)
@@ -177,7 +217,9 @@ def prepare(config: DataConfig) -> PreparedData:
     key = _prepare_key(path, config)
     folder = cache_home() / "prepared" / key
     if not (folder / "meta.json").exists():
-        _write_prepared(read_text(path), config, folder)
+        text = normalise(read_text(path), path)
+        check_vocabulary(text, path)
+        _write_prepared(text, config, folder)
     return _load_prepared(config.dataset, folder)
 
 
@@ -192,7 +234,7 @@ def _write_prepared(text: str, config: DataConfig, folder: Path) -> None:
     ids = tokenizer.encode_array(text).astype(dtype)
     n_train = split_point(len(ids), config.val_fraction)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    tmp = temp_dir(folder.parent, ".tmp-")
     try:
         ids[:n_train].tofile(tmp / "train.bin")
         ids[n_train:].tofile(tmp / "val.bin")

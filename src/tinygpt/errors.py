@@ -1,8 +1,9 @@
 """The exceptions the command line turns into one line on stderr and an exit status.
 
 UserError (exit status 2) is for mistakes a user can make: a bad file, option or prompt.
-TrainingInterrupted (exit status 128 + the signal) is a run stopped by a signal after it
-saved a checkpoint. Anything else that escapes is a bug in tinygpt and keeps its traceback.
+Interrupted (exit status 128 + the signal) is a stop asked for by a signal and carried out
+cleanly: TrainingInterrupted after a checkpoint was saved, or before training began, when
+nothing was written. Anything else that escapes is a bug in tinygpt and keeps its traceback.
 """
 
 import signal
@@ -13,13 +14,19 @@ class UserError(Exception):
     """A problem with the user's input, explained in one line."""
 
 
-class TrainingInterrupted(Exception):
+class Interrupted(Exception):
+    """A signal stopped tinygpt at a point where nothing is left half-done."""
+
+    def __init__(self, signum: int, what: str = "before training started; nothing was written"):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {what}")
+        self.signum = signum
+
+
+class TrainingInterrupted(Interrupted):
     """A signal stopped the run after a checkpoint was written; it can be resumed."""
 
     def __init__(self, step: int, signum: int, run_dir: Path) -> None:
-        name = signal.Signals(signum).name
         super().__init__(
-            f"stopped by {name} at step {step}; checkpoint saved; "
-            f"resume with: tinygpt train --resume {run_dir}"
+            signum,
+            f"at step {step}; checkpoint saved; resume with: tinygpt train --resume {run_dir}",
         )
-        self.signum = signum

@@ -13,6 +13,7 @@ import io
 import json
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,6 +30,7 @@ from tinygpt.checkpoint import (
 )
 from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.errors import UserError
+from tinygpt.faults import stop_if_requested
 from tinygpt.generate import stream_text
 from tinygpt.metrics import drop_metrics_after
 from tinygpt.models import count_parameters
@@ -65,11 +67,41 @@ def train(
     """
     session = setup(config)
     check_run_dir(run_dir, overwrite)
+    stop_if_requested()  # a Ctrl-C while torch loaded or the data was prepared: write nothing
     barrier(session.group)  # every rank has looked before rank 0 makes the directory
     if session.group.is_main:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
+        write_run_config(run_dir, config)
+    barrier(session.group)
+    return run(session, run_dir, out, until)
+
+
+EARLIER_METRICS = "metrics-earlier.jsonl"  # what a run logged before it had to start again
+
+
+def restart(
+    config: RunConfig, run_dir: Path, out: TextIO | None, until: int | None
+) -> dict[str, float]:
+    """Start a run that has no complete checkpoint again from step 0, in its own directory,
+    keeping what it logged so far in metrics-earlier.jsonl."""
+    session = setup(config)
+    stop_if_requested()
+    barrier(session.group)
+    if session.group.is_main:
+        metrics = run_dir / "metrics.jsonl"
+        print(
+            f"{run_dir} has no complete checkpoint to resume from; starting it again from "
+            f"step 0" + (f" (its earlier metrics are kept in {EARLIER_METRICS})"
+                         if metrics.exists() else ""),
+            file=out or sys.stdout,
+        )  # fmt: skip
+        if metrics.exists():
+            with (run_dir / EARLIER_METRICS).open("a", encoding="utf-8") as kept:
+                kept.write(metrics.read_text(encoding="utf-8"))
+            metrics.unlink()
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # leftovers of a failed save
         write_run_config(run_dir, config)
     barrier(session.group)
     return run(session, run_dir, out, until)
@@ -100,8 +132,7 @@ def resume(
     if not is_run_dir(run_dir):
         raise UserError(f"cannot resume {run_dir}: it is not a tinygpt run directory")
     if not list_checkpoints(run_dir):
-        config = _config_with_steps(load_run_config(run_dir), steps)
-        return train(config, run_dir, overwrite=True, out=out, until=until)
+        return restart(_config_with_steps(load_run_config(run_dir), steps), run_dir, out, until)
     folder, meta = _newest_checkpoint(run_dir)
     config = _config_with_steps(RunConfig.from_dict(meta["config"]), steps)
     if meta["step"] >= config.train.steps:
@@ -109,6 +140,7 @@ def resume(
             f"{run_dir} already finished {meta['step']} steps; pass --steps N to train further"
         )
     session = setup(config)
+    stop_if_requested()
     safetensors.torch.load_model(session.model, str(folder / "model.safetensors"))
     restore_train_state(session, load_train_state(folder))
     barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
@@ -138,23 +170,35 @@ def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) 
     if not session.group.is_main:
         return fit(session, run_dir, io.StringIO(), until)
     out = out or sys.stdout
-    config = session.config
-    n_params = count_parameters(session.model)
-    print(f"run directory: {run_dir}", file=out)
-    print(f"config: {json.dumps(config.to_dict())}", file=out)
-    precision = "bfloat16 autocast" if session.dtype else "float32"
-    group = f", {session.group.world_size} processes" if session.group.enabled else ""
-    print(
-        f"model: {config.model.arch}, {n_params:,} parameters, on {session.device}, "
-        f"{precision}{group}",
-        file=out,
-    )
+    print_summary(session, run_dir, out)
     final = fit(session, run_dir, out, until)
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    config = session.config
     if config.train.sample_tokens and session.step == config.train.steps:
         print("--- sample ---", file=out)
         print_sample(session, config.train.sample_tokens, out)
     return final
+
+
+def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
+    """A few readable lines on what is about to run; the whole config is in config.json."""
+    cfg, data = session.config, session.data
+    n_params = count_parameters(session.model)
+    precision = "bfloat16 autocast" if session.dtype else "float32"
+    group = f", {session.group.world_size} processes" if session.group.enabled else ""
+    optimizer = "Muon + AdamW" if cfg.optim.optimizer == "muon" else "AdamW"
+    tokens = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
+    lines = {
+        "model": f"{session.model.describe()}; {n_params:,} parameters",
+        "data": f"{cfg.data.dataset}: {len(data.train):,} train and {len(data.val):,} val "
+        f"tokens, vocabulary {data.tokenizer.vocab_size} ({cfg.data.tokenizer})",
+        "training": f"{cfg.train.steps:,} steps of {tokens:,} tokens, {optimizer}, "
+        f"{cfg.optim.schedule} schedule, seed {cfg.train.seed}",
+        "device": f"{session.device}, {precision}{group}",
+        "run directory": f"{run_dir} (full config: {run_dir / 'config.json'})",
+    }
+    for name, text in lines.items():
+        print(textwrap.fill(f"{name}: {text}", width=100, subsequent_indent="  "), file=out)
 
 
 def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:

@@ -48,21 +48,30 @@ def cpu_has_native_bf16() -> bool:
     without bfloat16 instructions, oneDNN may be held to a lower ISA (ONEDNN_MAX_CPU_ISA),
     and ARM CPUs differ by vendor. Without native support the product takes a scalar path
     10-100x slower than float32 (benchmarks/RESULTS.md), so the verdict is not close; the
-    measurement costs a few milliseconds where bfloat16 is native and under 0.1 s where not.
+    measurement costs a few milliseconds where bfloat16 is native and about 0.1 s where not.
     """
     times = {dtype: _matmul_seconds(dtype) for dtype in (torch.float32, torch.bfloat16)}
     return times[torch.bfloat16] <= 3 * times[torch.float32]
 
 
 def _matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> float:
-    """The fastest of a few (size x size) products, after one untimed warm-up."""
+    """The fastest of a few (size x size) products, after one untimed warm-up.
+
+    On one thread and in CPU time, not wall time: on a busy machine, waiting for a core
+    would otherwise count, and a 0.2 ms float32 product could look as slow as a bfloat16 one.
+    """
     a = torch.ones(size, size, dtype=dtype)
-    torch.mm(a, a)  # untimed: oneDNN compiles its kernel on the first call
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, a)
-        best = min(best, time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.mm(a, a)  # untimed: oneDNN compiles its kernel on the first call
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.process_time()
+            torch.mm(a, a)
+            best = min(best, time.process_time() - start)
+    finally:
+        torch.set_num_threads(threads)
     return best
 
 

@@ -27,7 +27,7 @@ from tinygpt.config import RunConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
 from tinygpt.evaluate import bits_per_token, estimate_loss
-from tinygpt.faults import StopOnSignal, crash, planned_fault
+from tinygpt.faults import crash, planned_fault, stop_request
 from tinygpt.metrics import MetricsLog, Throughput
 from tinygpt.models import build_model
 from tinygpt.optim import OptimizerPair, lr_at, make_optimizer
@@ -181,10 +181,14 @@ class TrainingDiverged(UserError):
         )
 
 
+PLAIN_PROGRESS_EVERY_S = 15.0  # when output goes to a file: a line this often, at most
+
+
 def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) -> dict[str, float]:
     """The training loop: steps, periodic evaluation and checkpoints, metrics.jsonl.
 
-    A SIGINT or SIGTERM ends it at the next step boundary with a checkpoint.
+    A SIGINT or SIGTERM ends it at the next step boundary with a checkpoint. Progress shows
+    as a bar on a terminal, and as a plain line now and then when `out` is not one.
     """
     cfg = session.config.train
     last_step = min(cfg.steps, until) if until is not None else cfg.steps
@@ -194,31 +198,66 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
         total=cfg.steps, initial=session.step, desc="train", unit="step",
         disable=None if is_main else True,
     )  # fmt: skip
+    plain = None
+    if is_main and not _is_terminal(out):
+        plain = PlainProgress(out, cfg.steps, log.elapsed())
     meter = Throughput(cfg.batch_size * cfg.grad_accum_steps * session.config.model.block_size)
     session.model.train()
     last: dict[str, float] = {}
     fault_step = planned_fault(session.group)  # None unless a test asks for a crash
-    with StopOnSignal() as stop, contextlib.closing(log), bar:
-        if session.step == 0:
-            last = _evaluate_and_save(session, run_dir, log, out)
-        while session.step < last_step:
-            loss, grad_norm = train_step(session)
-            if session.step == fault_step:
-                crash(session.group, session.step)
-            meter.steps += 1
-            bar.update(1)
-            step = session.step
-            if step % cfg.log_interval == 0 or step == cfg.steps:
-                _log_step(session, log, bar, meter, loss, grad_norm)
-            saved = step % cfg.eval_interval == 0 or step == cfg.steps
-            if saved:
+    stop_request.listen()  # the command line listens from its start; a library caller here
+    try:
+        with contextlib.closing(log), bar:
+            if session.step == 0:
                 last = _evaluate_and_save(session, run_dir, log, out)
-                meter.restart()  # keep evaluation out of tokens/s
-            if any_rank(stop.signum is not None, session.group, session.device):
-                if not saved:
-                    _save(session, run_dir, last, log.elapsed(), is_best=False)
-                raise TrainingInterrupted(step, stop.signum or signal.SIGTERM, run_dir)
+            while session.step < last_step:
+                loss, grad_norm = train_step(session)
+                if session.step == fault_step:
+                    crash(session.group, session.step)
+                meter.steps += 1
+                bar.update(1)
+                step = session.step
+                if step % cfg.log_interval == 0 or step == cfg.steps:
+                    _log_step(session, log, bar, meter, loss, grad_norm)
+                if plain is not None:
+                    plain.update(step, loss, log.elapsed())
+                saved = step % cfg.eval_interval == 0 or step == cfg.steps
+                if saved:
+                    last = _evaluate_and_save(session, run_dir, log, out)
+                    meter.restart()  # keep evaluation out of tokens/s
+                if any_rank(stop_request.signum is not None, session.group, session.device):
+                    if not saved:
+                        _save(session, run_dir, last, log.elapsed(), is_best=False)
+                    signum = stop_request.take() or signal.SIGTERM  # another rank's signal
+                    raise TrainingInterrupted(step, signum, run_dir)
+    finally:
+        stop_request.release()  # from here on Ctrl-C interrupts at once (plot, sample)
     return last
+
+
+def _is_terminal(out: TextIO) -> bool:
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class PlainProgress:
+    """A progress line every PLAIN_PROGRESS_EVERY_S seconds, for output that is a file or a
+    pipe, where tqdm's bar stays silent."""
+
+    def __init__(self, out: TextIO, total: int, start_s: float) -> None:
+        self.out, self.total = out, total
+        self.last_s = start_s
+
+    def update(self, step: int, loss: float, elapsed_s: float) -> None:
+        if elapsed_s - self.last_s < PLAIN_PROGRESS_EVERY_S or step == self.total:
+            return
+        self.last_s = elapsed_s
+        print(
+            f"step {step}/{self.total} ({100 * step / self.total:.0f}%): loss {loss:.4f}, "
+            f"{elapsed_s:.0f} s",
+            file=self.out,
+            flush=True,
+        )
 
 
 def _log_step(

@@ -22,7 +22,7 @@ def inspect_corpus(
     prepared = prepare(config)
     n_chars = len(prepared.train) + len(prepared.val)  # one token per character
     text = prepared.tokenizer.decode(prepared.train[:PREVIEW_CHARS].tolist())
-    check_length(prepared.train, block_size, "train")
+    check_length(prepared.train, block_size, "train", option="--block-size")
 
     def section(title: str) -> None:
         print(f"\n== {title} ==", file=out)

@@ -14,6 +14,10 @@ class BigramLanguageModel(nn.Module):
         super().__init__()
         self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
 
+    def describe(self) -> str:
+        vocab = self.token_embedding_table.num_embeddings
+        return f"bigram table, {vocab} x {vocab}"
+
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -10,6 +10,7 @@ Shapes: B batch, T time (tokens), C n_embd, nh heads, hs head size (C // nh), V 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -205,6 +206,15 @@ class Block(nn.Module):
         return x
 
 
+def _switch_name(name: str, value: object) -> str:
+    """A config switch in a few letters: `rotary`, `no bias`, `untied`, `rmsnorm`, `dropout 0.2`."""
+    if name == "tie_weights":
+        return "tied" if value else "untied"
+    if isinstance(value, bool):
+        return name if value else f"no {name}"
+    return str(value) if isinstance(value, str) else f"{name} {value}"
+
+
 class GPT(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
@@ -234,6 +244,21 @@ class GPT(nn.Module):
             for name, param in self.named_parameters():
                 if name.endswith("c_proj.weight") or name == "lm_head.weight":
                     nn.init.zeros_(param)  # a tied head is the embedding: not listed here
+
+    def describe(self) -> str:
+        """Its shape, and the switches set away from their defaults."""
+        c = self.config
+        shape = ("arch", "block_size", "n_layer", "n_head", "n_embd")
+        changed = [
+            (f.name, getattr(c, f.name))
+            for f in dataclasses.fields(c)
+            if f.name not in shape and getattr(c, f.name) != f.default
+        ]
+        switches = [_switch_name(name, value) for name, value in changed]
+        return (
+            f"GPT, {c.n_layer} layers x {c.n_head} heads x {c.n_embd} wide, context "
+            f"{c.block_size}" + (f" ({', '.join(switches)})" if switches else "")
+        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
