@@ -22,9 +22,8 @@ from tinygpt.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 BESIDE_REPO = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 HOW_TO_PROVIDE = (
-    "tiny shakespeare is needed by the tests: set TINYGPT_TEST_CORPUS=PATH/input.txt, or run "
-    "`tinygpt data tinyshakespeare --from PATH/input.txt` once (or `tinygpt data "
-    "tinyshakespeare` online)"
+    "run `tinygpt data tinyshakespeare --from PATH/input.txt` once, "
+    "or set TINYGPT_TEST_CORPUS=PATH/input.txt"
 )
 
 
@@ -41,8 +40,12 @@ def find_test_corpus() -> Path:
             return candidate
     try:
         return data.download(corpus)
-    except UserError as exc:
-        pytest.exit(f"{exc}; {HOW_TO_PROVIDE}", 2)
+    except UserError:
+        pytest.exit(
+            f"tiny shakespeare is not beside the repository ({BESIDE_REPO}) nor in the tinygpt "
+            f"cache, and it could not be downloaded: {HOW_TO_PROVIDE}",
+            2,
+        )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
