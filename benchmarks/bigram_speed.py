@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from tinygpt.config import resolve
+from tinygpt.rundir import RunDir
 from tinygpt.runs import train
 
 
@@ -30,7 +31,7 @@ def one_run(steps: int, data: str) -> dict[str, float]:
         start = time.perf_counter()
         final = train(config, Path(tmp) / "run", out=io.StringIO())
         wall = time.perf_counter() - start
-        lines = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").open()]
+        lines = [json.loads(line) for line in RunDir(Path(tmp) / "run").metrics.open()]
     train_lines = [line for line in lines if "tokens_per_s" in line]
     tokens_per_step = config.train.batch_size * config.model.block_size
     tokens_per_s = statistics.median(line["tokens_per_s"] for line in train_lines)

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from tinygpt.config import preset_names, resolve
+from tinygpt.rundir import RunDir
 
 
 def tokens_per_s(preset: str, nproc: int, steps: int, run_dir: Path) -> float:
@@ -31,7 +32,7 @@ def tokens_per_s(preset: str, nproc: int, steps: int, run_dir: Path) -> float:
         "--out", str(run_dir), "--nproc", str(nproc),
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
-    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    lines = [json.loads(line) for line in RunDir(run_dir).metrics.open()]
     return statistics.median(line["tokens_per_s"] for line in lines if "tokens_per_s" in line)
 
 

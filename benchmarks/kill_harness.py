@@ -25,8 +25,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from tinygpt.checkpoint import checkpoints_dir, list_checkpoints, load_checkpoint, load_train_state
+from tinygpt.checkpoint import list_checkpoints, load_checkpoint, load_train_state
 from tinygpt.errors import UserError
+from tinygpt.rundir import RunDir
 
 
 def train_command(run_dir: Path, steps: int, data: str, every: int) -> list[str]:
@@ -44,7 +45,7 @@ def resume_command(run_dir: Path) -> list[str]:
 def count_corrupt(run_dir: Path) -> int:
     """Checkpoints that fail to load (a complete checkpoint must always load)."""
     corrupt = 0
-    best = checkpoints_dir(run_dir) / "best"
+    best = RunDir(run_dir).best
     for folder in [*list_checkpoints(run_dir), *([best] if best.exists() else [])]:
         try:
             load_checkpoint(folder)
@@ -56,7 +57,7 @@ def count_corrupt(run_dir: Path) -> int:
 
 
 def save_under_way(run_dir: Path) -> bool:
-    parent = checkpoints_dir(run_dir)
+    parent = RunDir(run_dir).checkpoints
     return parent.is_dir() and any(p.name.startswith((".tmp-", ".old-")) for p in parent.iterdir())
 
 
@@ -91,7 +92,7 @@ def run_harness(
         with stderr_path.open("w") as stderr:
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
         if counts["kills"] < kills:
-            wait_until_training(process, run_dir / "metrics.jsonl")
+            wait_until_training(process, RunDir(run_dir).metrics)
             try:
                 process.wait(timeout=rng.uniform(*delays))
             except subprocess.TimeoutExpired:
@@ -106,7 +107,7 @@ def run_harness(
             break  # done (a kill may land after the last checkpoint, before the exit)
         if process.returncode != -9:
             raise RuntimeError(f"training failed: {stderr_path.read_text()[-2000:]}")
-        command = resume_command(run_dir) if (run_dir / "config.json").exists() else command
+        command = resume_command(run_dir) if RunDir(run_dir).exists() else command
         counts["resumes"] += 1
     whole, killed = final_weights(workdir / "whole"), final_weights(run_dir)
     counts["mismatches"] = sum(not torch.equal(whole[k], killed[k]) for k in whole)

@@ -28,14 +28,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from tinygpt.config import (
-    RunConfig,
-    field_types,
-    parse_value,
-    preset_names,
-    resolve,
-    section_types,
-)
+from tinygpt.config import RunConfig, merge, parse_overrides, preset_names, resolve
 from tinygpt.evaluate import split_loss
 from tinygpt.runtime import cpu_description
 from tinygpt.train import setup, train_step
@@ -44,13 +37,7 @@ from tinygpt.train import setup, train_step
 def run_config(spec: str, seed: int) -> RunConfig:
     """The config of `PRESET+section.key=value+...` with the given seed."""
     preset, *settings = spec.split("+")
-    overrides: dict[str, dict] = {"train": {"seed": seed}}
-    for setting in settings:
-        key, value = setting.split("=", 1)
-        section, name = key.split(".", 1)
-        kind = field_types(section_types()[section])[name]
-        overrides.setdefault(section, {})[name] = parse_value(kind, value)
-    return resolve(preset, overrides=overrides)
+    return resolve(preset, overrides=merge(parse_overrides(settings), {"train": {"seed": seed}}))
 
 
 def one_run(preset: str, seed: int, eval_every: int) -> list[tuple[float, int, float]]:

@@ -9,11 +9,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from tinygpt.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from tinygpt.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, step_folder
 from tinygpt.config import RunConfig
 from tinygpt.errors import UserError
 from tinygpt.models import build_model
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.tokenizers import CharTokenizer
 
 TOKENIZER = CharTokenizer.from_text("abcdefgh \n")
 
@@ -29,7 +29,14 @@ def saved_run(run_dir: Path, steps: tuple[int, ...] = (5,)) -> torch.nn.Module:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     for step in steps:
-        save_checkpoint(run_dir, step, model, config, TOKENIZER, {"val_loss": 1.5})
+        save_checkpoint(
+            step_folder(run_dir, step),
+            model,
+            step=step,
+            config=config,
+            tokenizer=TOKENIZER,
+            metrics={"val_loss": 1.5},
+        )
     return model
 
 

@@ -24,7 +24,8 @@ import tinygpt.train as engine
 from tinygpt.checkpoint import list_checkpoints
 from tinygpt.cli import unescape
 from tinygpt.config import RunConfig
-from tinygpt.runs import EARLIER_METRICS, resume, train
+from tinygpt.rundir import RunDir
+from tinygpt.runs import resume, train
 
 from .conftest import REPO
 
@@ -130,7 +131,7 @@ def test_resume_without_a_checkpoint_says_so_and_keeps_the_history(
     out = io.StringIO()
     resume(run_dir, out=out)
     assert "no complete checkpoint to resume from; starting it again from step 0" in out.getvalue()
-    assert (run_dir / EARLIER_METRICS).read_text() == history
+    assert RunDir(run_dir).earlier_metrics.read_text() == history
     assert (run_dir / "metrics.jsonl").read_text().count('"val_loss"') == 4  # steps 0-30 again
     assert list_checkpoints(run_dir)[-1].name == "step-00000030"
 

@@ -20,7 +20,7 @@ from tinygpt.generate import (
 )
 from tinygpt.models.bigram import BigramLanguageModel
 from tinygpt.models.gpt import GPT
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.tokenizers import CharTokenizer
 
 TOKENIZER = CharTokenizer.from_text("\nabcdefghijklmnopqrstuvwxyz ")
 V = TOKENIZER.vocab_size

@@ -10,7 +10,8 @@ import torch
 
 from tinygpt.config import ModelConfig
 from tinygpt.models import build_model, count_parameters
-from tinygpt.models.gpt import GPT, KVCache, Linear, apply_rotary
+from tinygpt.models.gpt import GPT, KVCache
+from tinygpt.models.layers import FastMatvecLinear, apply_rotary
 
 VOCAB = 65
 SMALL = ModelConfig(arch="gpt", block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -153,7 +154,7 @@ def test_kv_cache_gives_the_same_logits(name: str) -> None:
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_one_row_product_matches_the_plain_one(bias: bool) -> None:
     torch.manual_seed(0)
-    layer = Linear(384, 1536, bias=bias)  # big enough for the two-column product
+    layer = FastMatvecLinear(384, 1536, bias=bias)  # big enough for the two-column product
     x = torch.randn(1, 1, 384)
     assert layer._one_row_on_cpu(x) and not layer._one_row_on_cpu(torch.randn(2, 1, 384))
     expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
@@ -164,7 +165,7 @@ def test_linear_one_row_product_matches_the_plain_one(bias: bool) -> None:
 def test_kv_cache_decoding_of_a_wide_model_uses_the_one_row_product() -> None:
     torch.manual_seed(0)
     model = GPT(dataclasses.replace(SMALL, n_embd=256, n_head=4), VOCAB).eval()
-    assert model.blocks[0].mlp.c_fc.weight.numel() >= Linear.MIN_WEIGHTS
+    assert model.blocks[0].mlp.c_fc.weight.numel() >= FastMatvecLinear.MIN_WEIGHTS
     idx = torch.randint(VOCAB, (1, 16))
     full, _ = model(idx)
     cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)

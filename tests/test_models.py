@@ -32,7 +32,15 @@ def test_loss_at_initialisation_is_near_ln_vocab(shakespeare) -> None:
     torch.manual_seed(1337)
     model = build_model(ModelConfig(), prepared.tokenizer.vocab_size)
     splits = {"train": prepared.train, "val": prepared.val}
-    losses = estimate_loss(model, splits, 20, 32, 8, 1337, torch.device("cpu"))
+    losses = estimate_loss(
+        model,
+        splits,
+        n_batches=20,
+        batch_size=32,
+        block_size=8,
+        seed=1337,
+        device=torch.device("cpu"),
+    )
     # N(0, 1) logits add about half a nat to the uniform ln(65) = 4.17 (the notebook: 4.55)
     for value in losses.values():
         assert abs(value - math.log(65)) < 0.75

@@ -11,7 +11,14 @@ import torch
 
 from tinygpt.config import ModelConfig, OptimConfig
 from tinygpt.models.gpt import GPT
-from tinygpt.optim import BatchedMuon, lr_at, make_optimizer, parameter_groups
+from tinygpt.optim import BatchedMuon, LrSchedule, lr_scale_at, make_optimizer, parameter_groups
+
+
+def lr_at(step: int, config: OptimConfig, total_steps: int) -> float:
+    """The AdamW learning rate of a step: the peak times the schedule's scale."""
+    scale = lr_scale_at(step, config, total_steps)
+    assert 0.0 <= scale <= 1.0
+    return config.lr * scale
 
 
 def test_warmup_rises_linearly_to_the_peak() -> None:
@@ -69,7 +76,12 @@ def test_muon_takes_the_hidden_matrices_and_adamw_the_rest() -> None:
         for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
     }  # fmt: skip
     assert in_muon.isdisjoint(in_adamw) and len(in_muon | in_adamw) == len(names)
-    assert {g["base_lr"] for g in pair.param_groups} == {0.02, 1e-3}
+    schedule = LrSchedule(pair, OptimConfig(optimizer="muon", warmup_steps=10), 100)
+    assert schedule.set_for(4) == pytest.approx(0.5)  # half way up the warmup
+    muon_rates = [g["lr"] for g in muon.param_groups]
+    adamw_rates = [g["lr"] for g in adamw.param_groups]
+    assert muon_rates == pytest.approx([0.01])  # each group at half its own peak
+    assert adamw_rates == pytest.approx([5e-4, 5e-4])
 
 
 def test_muon_pair_steps_and_restores_its_state() -> None:

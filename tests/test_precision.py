@@ -79,7 +79,7 @@ def test_newton_schulz_in_float32_agrees_with_bf16_to_bf16_precision() -> None:
     updates = torch.randn(3, 48, 16)
     coefficients = (3.4445, -4.7750, 2.0315)
     results = {
-        dtype: orthogonalise(updates, coefficients, 5, 1e-7, dtype)
+        dtype: orthogonalise(updates, coefficients=coefficients, steps=5, eps=1e-7, dtype=dtype)
         for dtype in (torch.bfloat16, torch.float32, torch.float64)
     }
     assert results[torch.float32].dtype == torch.float32

@@ -20,15 +20,16 @@ from hypothesis import strategies as st
 
 from tinygpt import checkpoint as checkpoint_module
 from tinygpt.checkpoint import (
-    checkpoints_dir,
     list_checkpoints,
     load_checkpoint,
     load_train_state,
     save_checkpoint,
+    step_folder,
 )
 from tinygpt.config import DataConfig, RunConfig
 from tinygpt.data import prepare
 from tinygpt.errors import UserError
+from tinygpt.rundir import RunDir
 from tinygpt.runs import resume, train
 
 from .conftest import REPO
@@ -142,7 +143,7 @@ def test_kill_harness_finds_no_corrupt_checkpoint_and_no_mismatch(shakespeare, t
 def test_resume_cleans_up_half_written_checkpoints(shakespeare, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     train(tiny_config(steps=40), run_dir, out=io.StringIO(), until=30)
-    parent = checkpoints_dir(run_dir)
+    parent = RunDir(run_dir).checkpoints
     assert [p.name for p in list_checkpoints(run_dir)] == ["step-00000020", "step-00000030"]
     (parent / ".tmp-crashed").mkdir()
     (parent / ".tmp-crashed" / "model.safetensors").write_bytes(b"half")
@@ -192,14 +193,21 @@ def test_non_finite_loss_stops_the_run_before_the_update(cli, shakespeare, tmp_p
 
 def test_a_nan_is_never_written_into_a_checkpoint(tmp_path: Path) -> None:
     from tinygpt.models import build_model
-    from tinygpt.tokenizer import CharTokenizer
+    from tinygpt.tokenizers import CharTokenizer
 
     config = tiny_config()
     model = build_model(config.model, 5)
     with torch.no_grad():
         model.wte.weight[0, 0] = float("nan")
     with pytest.raises(UserError, match="NaN or infinity"):
-        save_checkpoint(tmp_path, 1, model, config, CharTokenizer.from_text("abcde"), {})
+        save_checkpoint(
+            step_folder(tmp_path, 1),
+            model,
+            step=1,
+            config=config,
+            tokenizer=CharTokenizer.from_text("abcde"),
+            metrics={},
+        )
     assert not list_checkpoints(tmp_path)
 
 
@@ -231,7 +239,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(
     with pytest.raises(UserError, match=message):
         resume(run_dir, steps=20, out=io.StringIO())
     assert list_checkpoints(run_dir) == before
-    assert not [p for p in checkpoints_dir(run_dir).iterdir() if p.name.startswith(".")]
+    assert not [p for p in RunDir(run_dir).checkpoints.iterdir() if p.name.startswith(".")]
     load_train_state(before[-1])
     assert load_checkpoint(run_dir).step == 10
 

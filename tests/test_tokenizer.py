@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tinygpt.errors import UserError
-from tinygpt.tokenizer import CharTokenizer, load_tokenizer, save_tokenizer
+from tinygpt.tokenizers import CharTokenizer, load_tokenizer, save_tokenizer
 
 
 @pytest.fixture(scope="module")

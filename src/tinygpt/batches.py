@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from tinygpt.errors import UserError
+from tinygpt.runtime import SINGLE_PROCESS, Distributed
 
 EVAL_SEED_OFFSET = {"train": 1, "val": 2}  # eval streams differ from the training stream
 
@@ -43,18 +44,19 @@ def random_batch(
     batch_size: int,
     block_size: int,
     generator: torch.Generator,
-    rank: int = 0,
-    world_size: int = 1,
+    *,
+    group: Distributed = SINGLE_PROCESS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch of random windows, as the lecture's get_batch (same draws for the same seed).
 
-    In a group of `world_size` processes every rank draws the same global batch of
-    batch_size * world_size windows and keeps its own slice, so the global batch is the
-    same whatever the group size, and one generator state describes every rank's stream.
+    In a torchrun group every rank draws the same global batch of batch_size * world_size
+    windows and keeps its own slice, so the global batch is the same whatever the group
+    size, and one generator state describes every rank's stream.
     """
     n_windows = len(data) - block_size
-    starts = torch.randint(n_windows, (batch_size * world_size,), generator=generator)
-    return batch_at(data, starts[rank * batch_size : (rank + 1) * batch_size], block_size)
+    starts = torch.randint(n_windows, (batch_size * group.world_size,), generator=generator)
+    mine = starts[group.rank * batch_size : (group.rank + 1) * batch_size]
+    return batch_at(data, mine, block_size)
 
 
 def eval_batches(
@@ -63,11 +65,11 @@ def eval_batches(
     n_batches: int,
     batch_size: int,
     block_size: int,
+    *,
     seed: int,
-    rank: int = 0,
-    world_size: int = 1,
+    group: Distributed = SINGLE_PROCESS,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The same `n_batches` batches every time it is called with the same arguments."""
     generator = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET[split])
     for _ in range(n_batches):
-        yield random_batch(data, batch_size, block_size, generator, rank, world_size)
+        yield random_batch(data, batch_size, block_size, generator, group=group)

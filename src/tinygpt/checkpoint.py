@@ -1,7 +1,7 @@
 """Checkpoints: the only way model state goes to and comes from disk.
 
-A run directory holds `config.json`, `metrics.jsonl`, `checkpoints/step-NNNNNNNN/` (the newest
-few) and `checkpoints/best/` (lowest val loss). A checkpoint is a folder of `model.safetensors`
+A run directory (rundir.py) keeps its checkpoints in `checkpoints/`: `step-NNNNNNNN/` (the
+newest few) and `best/` (lowest val loss). A checkpoint is a folder of `model.safetensors`
 (weights; loading never unpickles code), `meta.json` (format, step, config, tokenizer,
 metrics) and `train_state.pt` (optimizer and RNG states for exact resume, tensors only, read
 with `weights_only=True`). It is written in a hidden temporary folder, fsynced and renamed
@@ -29,7 +29,8 @@ from tinygpt.config import RunConfig
 from tinygpt.errors import UserError
 from tinygpt.files import temp_dir
 from tinygpt.models import build_model
-from tinygpt.tokenizer import CharTokenizer, Tokenizer, tokenizer_from_dict
+from tinygpt.rundir import RunDir
+from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})$")
@@ -40,37 +41,27 @@ class Checkpoint:
     path: Path
     step: int
     config: RunConfig
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     model: nn.Module
     metrics: dict[str, Any]
 
 
-def checkpoints_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def write_run_config(run_dir: Path, config: RunConfig) -> None:
-    """config.json, replaced atomically so that a crash never leaves half of it."""
-    tmp = run_dir / ".config.json.tmp"
-    tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(run_dir / "config.json")
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+def step_folder(run_dir: Path, step: int) -> Path:
+    """Where a run keeps the checkpoint of a step."""
+    return RunDir(run_dir).checkpoints / f"step-{step:08d}"
 
 
 def save_checkpoint(
-    run_dir: Path,
-    step: int,
+    folder: Path,
     model: nn.Module,
+    *,
+    step: int,
     config: RunConfig,
     tokenizer: Tokenizer,
     metrics: dict[str, Any],
     train_state: dict[str, Any] | None = None,
-    name: str | None = None,
 ) -> Path:
-    """Write checkpoints/NAME (default step-N) atomically and return its path.
+    """Write the checkpoint folder `folder` atomically (replacing an older one) and return it.
 
     Non-finite weights are refused, and a failed write (full disk, read-only folder) leaves
     the checkpoints already there as they were. The writers do not all fail with OSError
@@ -80,10 +71,8 @@ def save_checkpoint(
     if not all(torch.isfinite(p).all() for p in model.parameters()):
         raise UserError(f"refusing to save step {step}: the weights hold NaN or infinity")
     try:
-        parent = checkpoints_dir(run_dir)
-        parent.mkdir(parents=True, exist_ok=True)
-        final = parent / (name or f"step-{step:08d}")
-        tmp = temp_dir(parent, ".tmp-")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(folder.parent, ".tmp-")
         try:
             safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
             meta = {
@@ -99,12 +88,13 @@ def save_checkpoint(
                 torch.save(train_state, buffer)
                 (tmp / "train_state.pt").write_bytes(buffer.getbuffer())
             _fsync_tree(tmp)
-            _swap_into_place(tmp, final)
+            _swap_into_place(tmp, folder)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return final
+        return folder
     except (OSError, safetensors.SafetensorError) as exc:
-        raise UserError(f"cannot write a checkpoint in {run_dir}: {_write_error(exc)}") from None
+        reason = _write_error(exc)
+        raise UserError(f"cannot write a checkpoint in {folder.parent}: {reason}") from None
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -122,7 +112,7 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 def clean_checkpoints(run_dir: Path) -> None:
     """Remove what an interrupted save or prune left: temporary and half-deleted folders, and
     a swapped-out old copy (put back if its replacement never arrived)."""
-    parent = checkpoints_dir(run_dir)
+    parent = RunDir(run_dir).checkpoints
     if not parent.is_dir():
         return
     for path in parent.iterdir():
@@ -180,7 +170,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temporary folders are skipped)."""
-    parent = checkpoints_dir(run_dir)
+    parent = RunDir(run_dir).checkpoints
     if not parent.is_dir():
         return []
     found = [p for p in parent.iterdir() if CHECKPOINT_NAME.match(p.name) and is_complete(p)]
@@ -201,7 +191,7 @@ def find_checkpoint(path: Path) -> Path:
     found = list_checkpoints(path)
     if found:
         return found[-1]
-    best = checkpoints_dir(path) / "best"
+    best = RunDir(path).best
     if is_complete(best):
         print(
             f"tinygpt: note: {path} has no step checkpoint left; using its best one ({best})",

@@ -22,13 +22,15 @@ from tinygpt import __version__
 from tinygpt.config import (
     RunConfig,
     SampleConfig,
+    choices,
     field_types,
     parse_value,
     preset_names,
     resolve,
     section_types,
+    type_name,
 )
-from tinygpt.errors import Interrupted, UserError
+from tinygpt.errors import Interrupted, UserError, note
 from tinygpt.faults import stop_if_requested, stop_request
 
 SHORTCUTS = {  # short flag -> (config key, metavar, help)
@@ -52,12 +54,18 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def converter(kind: type) -> Callable[[str], Any]:
+def converter(kind: Any) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         return parse_value(kind, text)
 
-    convert.__name__ = kind.__name__  # argparse names the type in its error message
+    convert.__name__ = type_name(kind)  # argparse names the type in its error message
     return convert
+
+
+def value_label(kind: Any) -> str:
+    """How --help shows a field's value: its choices, or its type."""
+    allowed = choices(kind)
+    return "{" + ",".join(allowed) + "}" if allowed else type_name(kind).upper()
 
 
 def add_config_options(parser: argparse.ArgumentParser, shown: RunConfig) -> None:
@@ -83,7 +91,7 @@ def add_config_options(parser: argparse.ArgumentParser, shown: RunConfig) -> Non
                 f"--{section}.{f.name}",
                 dest=f"{section}.{f.name}",
                 type=converter(kinds[f.name]),
-                metavar=kinds[f.name].__name__.upper(),
+                metavar=value_label(kinds[f.name]),
                 default=argparse.SUPPRESS,
                 help=f"{f.metadata.get('help', '')} (default: {getattr(values, f.name)!r})",
             )
@@ -156,9 +164,12 @@ def add_train_command(commands: Any, shown: RunConfig, shown_as: str) -> None:
         help="continue a run from its newest checkpoint (--steps may raise its total)",
     )
     train.add_argument(
-        "--nproc", type=int, default=1, metavar="N",
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
         help="train with N processes on this machine (launches torchrun; default: 1)",
-    )  # fmt: skip
+    )
     add_config_options(train, shown)
 
 
@@ -183,7 +194,7 @@ def add_sample_command(commands: Any) -> None:
             dest=f.name,
             type=converter(kind),
             default=f.default,
-            metavar=kind.__name__.upper(),
+            metavar=value_label(kind),
             help=f"{f.metadata['help']} (default: {f.default!r})",
         )
     sample.add_argument(
@@ -271,16 +282,29 @@ def launch_torchrun(args: argparse.Namespace) -> NoReturn:
     """`--nproc N`: the same command again, under torchrun with N processes here."""
     if args.nproc < 1:
         fail("--nproc must be at least 1")
-    if "WORLD_SIZE" in os.environ:
+    from tinygpt.runtime import under_torchrun
+
+    if under_torchrun():
         fail("--nproc starts torchrun itself; under torchrun, leave it out")
     if args.resume is None:  # a bad option fails here, once, rather than in every process
-        resolve(args.preset or (None if args.config else default_preset()), args.config,
-                config_overrides(args))  # fmt: skip
+        resolve(
+            args.preset or (None if args.config else default_preset()),
+            args.config,
+            config_overrides(args),
+        )
     argv = without_option(args.argv, "--nproc")
     if args.out is None and args.resume is None:  # every process must agree on the name
         argv += ["--out", str(default_run_dir(args.preset or default_preset()))]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={args.nproc}", "-m", "tinygpt", *argv]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "tinygpt",
+        *argv,
+    ]
     sys.exit(subprocess.run(command, check=False).returncode)
 
 
@@ -302,62 +326,29 @@ def default_run_dir(name: str) -> Path:
 
 
 def train_here(args: argparse.Namespace) -> None:
-    from tinygpt.checkpoint import is_run_dir
-    from tinygpt.runs import is_finished, resume, train
+    from tinygpt.runs import start_or_resume
+    from tinygpt.runtime import distributed_from_env, under_torchrun
 
     overrides = config_overrides(args)
-    if "WORLD_SIZE" in os.environ and args.out is None and args.resume is None:
+    if under_torchrun() and args.out is None and args.resume is None:
         fail("under torchrun, name the run directory with --out (restarts resume from it)")
-    restarted = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"
-    resumed_by_torchrun = (
-        restarted and args.resume is None and args.out is not None and is_run_dir(args.out)
-    )
-    if resumed_by_torchrun and is_finished(args.out):
-        # the group failed after the last save (a process crashing on its way out): done
-        if os.environ.get("RANK", "0") == "0":
-            print(f"{args.out} already finished; nothing left to do after the restart")
-        return
-    if resumed_by_torchrun:
-        final, run_dir = resume(args.out), args.out
-    elif args.resume is not None:
+    if args.resume is not None:
         steps = overrides.get("train", {}).pop("steps", None)
         if any(overrides.values()) or args.preset or args.config or args.out or args.overwrite:
             fail("--resume continues a run with its own config; only --steps may be given")
-        final, run_dir = resume(args.resume, steps=steps), args.resume
-    else:
-        preset = args.preset or (None if args.config else default_preset())
-        config = resolve(preset, args.config, overrides)
-        run_dir = args.out or default_run_dir(preset or args.config.stem)
-        if os.environ.get("RANK", "0") == "0":
-            print(f"preset: {describe_source(args.preset, args.config)}")
-        final = train(config, run_dir, overwrite=args.overwrite)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
-        print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
-        print_best_if_earlier(run_dir, final["val_loss"])
-
-
-def print_best_if_earlier(run_dir: Path, final_val_loss: float) -> None:
-    """Point to the best checkpoint when the run over-fitted after it."""
-    from tinygpt.checkpoint import checkpoints_dir, is_complete, read_meta
-
-    best = checkpoints_dir(run_dir) / "best"
-    if not is_complete(best):
+        start_or_resume(args.resume, steps=steps)
         return
-    meta = read_meta(best)
-    if meta["metrics"]["val_loss"] < final_val_loss:
-        print(
-            f"lowest val loss {meta['metrics']['val_loss']:.4f} at step {meta['step']}: "
-            f"tinygpt sample {best}"
-        )
+    preset = args.preset or (None if args.config else default_preset())
+    config = resolve(preset, args.config, overrides)
+    if distributed_from_env().is_main:
+        print(f"preset: {describe_source(args.preset, args.config)}")
+    run_dir = args.out or default_run_dir(preset or args.config.stem)
+    start_or_resume(run_dir, config, overwrite=args.overwrite)
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    import torch
-
     from tinygpt.checkpoint import load_checkpoint
-    from tinygpt.generate import encode_prompt, stream_texts
-    from tinygpt.runtime import warn_if_bf16_is_slow
+    from tinygpt.generate import join_samples, sample
 
     sampling = SampleConfig(
         **{f.name: getattr(args, f.name) for f in dataclasses.fields(SampleConfig)}
@@ -366,35 +357,21 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.output is not None:
         check_writable(args.output)
     checkpoint = load_checkpoint(args.run_dir)
-    model = checkpoint.model.to(getattr(torch, sampling.dtype))
-    if sampling.dtype == "bfloat16":
-        warn_if_bf16_is_slow(next(model.parameters()).device, "sampling")
-    block_size = checkpoint.config.model.block_size
-    ids, was_cut = encode_prompt(checkpoint.tokenizer, prompt, block_size)
-    if was_cut:
-        print(
-            f"tinygpt: note: the prompt is longer than the context; the model sees its last "
-            f"{block_size} tokens",
-            file=sys.stderr,
+    samples = sample(checkpoint, prompt, sampling, args.stop)
+    if samples.prompt_was_cut:
+        note(
+            "the prompt is longer than the context; the model sees its last "
+            f"{checkpoint.config.model.block_size} tokens"
         )
-    pieces = stream_texts(model, checkpoint.tokenizer, ids, block_size, sampling, args.stop)
-    texts = [prompt] * sampling.num_samples
-    if sampling.num_samples == 1:
+    if sampling.num_samples == 1:  # one sample streams as it is written
         sys.stdout.write(prompt)
-    for i, piece in pieces:
-        texts[i] += piece
-        if sampling.num_samples == 1:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    if sampling.num_samples == 1:
+        texts = samples.texts(on_piece=lambda _, piece: print(piece, end="", flush=True))
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(SAMPLE_SEPARATOR.join(texts) + "\n")
+        texts = samples.texts()
+        sys.stdout.write(join_samples(texts))
     if args.output is not None:
-        write_text(args.output, SAMPLE_SEPARATOR.join(texts) + "\n")
-
-
-SAMPLE_SEPARATOR = "\n---------------\n"
+        write_text(args.output, join_samples(texts))
 
 
 def read_prompt(path: Path) -> str:

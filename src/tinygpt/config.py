@@ -14,17 +14,20 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tinygpt.errors import UserError
+from tinygpt.tokenizers import tokenizer_kind
 
-MODEL_ARCHS = ("bigram", "gpt")
-NORMS = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "relu", "relu2")
-SCHEDULES = ("constant", "cosine", "wsd")
-OPTIMIZERS = ("adamw", "muon")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16")
+# the values a field may take: its type says them, the checks and the command line read it
+Arch = Literal["bigram", "gpt"]
+Norm = Literal["layernorm", "rmsnorm"]
+Activation = Literal["gelu", "relu", "relu2"]
+Schedule = Literal["constant", "cosine", "wsd"]
+Optimizer = Literal["adamw", "muon"]
+AutocastDtype = Literal["auto", "float32", "bfloat16"]
+WeightDtype = Literal["float32", "bfloat16"]
+DEVICES = ("auto", "cpu", "cuda", "mps")  # or cuda:N, which a Literal cannot say
 
 
 def option(default: Any, help: str) -> Any:
@@ -37,6 +40,23 @@ def _require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
+def choices(kind: Any) -> tuple[str, ...] | None:
+    """The values of a Literal field type (None for any other type)."""
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+
+def type_name(kind: Any) -> str:
+    return "str" if choices(kind) else kind.__name__
+
+
+def _check_choices(section: Any, where: str) -> None:
+    """Every Literal field of a section holds one of its values: the one "unknown X" check."""
+    for name, kind in field_types(type(section)).items():
+        allowed, value = choices(kind), getattr(section, name)
+        if allowed and value not in allowed:
+            raise UserError(f"unknown {where}{name} {value!r} (choices: {', '.join(allowed)})")
+
+
 @dataclass
 class DataConfig:
     dataset: str = option("tinyshakespeare", "registered corpus name or path of a UTF-8 text file")
@@ -45,13 +65,13 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset), "data.dataset must not be empty")
-        _require(self.tokenizer == "char", f"unknown tokenizer {self.tokenizer!r} (known: char)")
+        tokenizer_kind(self.tokenizer)  # the registered kinds (tokenizers/)
         _require(0 < self.val_fraction < 1, "data.val_fraction must be between 0 and 1")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = option("gpt", f"model architecture ({', '.join(MODEL_ARCHS)})")
+    arch: Arch = option("gpt", "model architecture")
     block_size: int = option(64, "context length in tokens")
     n_layer: int = option(4, "Transformer blocks")
     n_head: int = option(4, "attention heads per block")
@@ -60,16 +80,16 @@ class ModelConfig:
     bias: bool = option(True, "biases in linear layers and LayerNorm")
     tie_weights: bool = option(True, "share the token embedding with the output head")
     rotary: bool = option(False, "rotary position encoding instead of learned positions")
-    norm: str = option("layernorm", f"normalisation ({', '.join(NORMS)})")
+    norm: Norm = option("layernorm", "normalisation")
     qk_norm: bool = option(False, "RMS-normalise queries and keys before attention")
-    activation: str = option("gelu", f"MLP activation ({', '.join(ACTIVATIONS)})")
+    activation: Activation = option("gelu", "MLP activation")
     zero_init: bool = option(False, "start output projections (and an untied head) at zero")
     embed_skip: bool = option(False, "feed the token embedding to every block (learned mix)")
     value_embeds: bool = option(False, "add a per-block token embedding to attention values")
     logit_softcap: float = option(0.0, "squash logits into (-c, c) with c*tanh(x/c) (0: off)")
 
     def __post_init__(self) -> None:
-        _require(self.arch in MODEL_ARCHS, f"unknown model.arch {self.arch!r} ({MODEL_ARCHS})")
+        _check_choices(self, "model.")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             _require(getattr(self, name) >= 1, f"model.{name} must be at least 1")
         _require(
@@ -82,22 +102,17 @@ class ModelConfig:
         )
         _require(0 <= self.dropout < 1, "model.dropout must be in [0, 1)")
         _require(self.logit_softcap >= 0, "model.logit_softcap must not be negative")
-        _require(self.norm in NORMS, f"unknown model.norm {self.norm!r} ({', '.join(NORMS)})")
-        _require(
-            self.activation in ACTIVATIONS,
-            f"unknown model.activation {self.activation!r} ({', '.join(ACTIVATIONS)})",
-        )
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = option("adamw", f"optimizer ({', '.join(OPTIMIZERS)})")
+    optimizer: Optimizer = option("adamw", "optimizer")
     lr: float = option(1e-3, "peak AdamW learning rate")
     weight_decay: float = option(0.1, "AdamW weight decay on matrices (not on biases or norms)")
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.99, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)")
-    schedule: str = option("cosine", f"learning-rate schedule ({', '.join(SCHEDULES)})")
+    schedule: Schedule = option("cosine", "learning-rate schedule")
     warmup_steps: int = option(100, "linear warmup from 0 to lr over these steps")
     min_lr: float = option(1e-4, "learning rate at the end of the decay")
     decay_fraction: float = option(0.2, "wsd: fraction of the steps spent decaying at the end")
@@ -106,10 +121,7 @@ class OptimConfig:
     muon_ns_steps: int = option(5, "muon: Newton-Schulz iterations per step (its cost)")
 
     def __post_init__(self) -> None:
-        _require(
-            self.optimizer in OPTIMIZERS,
-            f"unknown optim.optimizer {self.optimizer!r} ({', '.join(OPTIMIZERS)})",
-        )
+        _check_choices(self, "optim.")
         _require(self.lr > 0, "optim.lr must be positive")
         _require(self.muon_lr > 0, "optim.muon_lr must be positive")
         _require(0 <= self.muon_momentum < 1, "optim.muon_momentum must be in [0, 1)")
@@ -118,10 +130,6 @@ class OptimConfig:
         for name in ("beta1", "beta2"):
             _require(0 <= getattr(self, name) < 1, f"optim.{name} must be in [0, 1)")
         _require(self.grad_clip >= 0, "optim.grad_clip must not be negative")
-        _require(
-            self.schedule in SCHEDULES,
-            f"unknown optim.schedule {self.schedule!r} ({', '.join(SCHEDULES)})",
-        )
         _require(self.warmup_steps >= 0, "optim.warmup_steps must not be negative")
         _require(0 <= self.min_lr <= self.lr, "optim.min_lr must be in [0, lr]")
         _require(0 < self.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]")
@@ -137,7 +145,7 @@ class TrainConfig:
     log_interval: int = option(100, "write a training line to metrics.jsonl every this many steps")
     seed: int = option(1337, "seed for weights, batches and sampling")
     device: str = option("auto", f"device ({', '.join(DEVICES)}, or cuda:N)")
-    dtype: str = option(
+    dtype: AutocastDtype = option(
         "auto", "autocast dtype (auto: bfloat16 on CUDA if supported, else float32)"
     )
     compile: bool = option(False, "torch.compile the model")
@@ -150,7 +158,7 @@ class TrainConfig:
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
         _require(self.seed >= 0, "train.seed must not be negative")
         _require(self.sample_tokens >= 0, "train.sample_tokens must not be negative")
-        _require(self.dtype in DTYPES, f"unknown train.dtype {self.dtype!r} ({', '.join(DTYPES)})")
+        _check_choices(self, "train.")
         known = self.device in DEVICES or self.device.startswith("cuda:")
         _require(known, f"unknown train.device {self.device!r} ({', '.join(DEVICES)}, cuda:N)")
 
@@ -166,14 +174,11 @@ class SampleConfig:
     num_samples: int = option(1, "samples drawn at once; sample i uses seed + i")
     seed: int = option(1337, "sampling seed")
     use_cache: bool = option(True, "decode from a KV cache (GPT) instead of recomputing")
-    dtype: str = option("float32", "weights for sampling: float32, or bfloat16 (half the bytes)")
+    dtype: WeightDtype = option("float32", "weights for sampling (bfloat16: half the bytes)")
 
     def __post_init__(self) -> None:
         _require(self.max_new_tokens >= 1, "max new tokens must be at least 1")
-        _require(
-            self.dtype in ("float32", "bfloat16"),
-            f"unknown sampling dtype {self.dtype!r} (float32, bfloat16)",
-        )
+        _check_choices(self, "sampling ")
         _require(
             math.isfinite(self.temperature) and self.temperature >= 0,
             f"temperature must be 0 (greedy) or positive, got {self.temperature}",
@@ -230,8 +235,10 @@ def _build_section(name: str, section_cls: type, given: dict[str, Any]) -> Any:
     return section_cls(**values)
 
 
-def _check_type(key: str, kind: type, value: Any) -> Any:
+def _check_type(key: str, kind: Any, value: Any) -> Any:
     """Accept a value of the field's type (an int where a float is wanted, too)."""
+    if choices(kind):
+        kind = str  # which strings is the section's own check
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
@@ -241,8 +248,10 @@ def _check_type(key: str, kind: type, value: Any) -> Any:
     return value
 
 
-def parse_value(kind: type, text: str) -> Any:
+def parse_value(kind: Any, text: str) -> Any:
     """Turn a command-line string into a value of a field's type."""
+    if choices(kind):
+        return text
     if kind is bool:
         lowered = text.lower()
         if lowered in ("1", "true", "yes", "on"):
@@ -251,6 +260,24 @@ def parse_value(kind: type, text: str) -> Any:
             return False
         raise ValueError(text)
     return kind(text)
+
+
+def parse_overrides(settings: list[str]) -> dict[str, dict[str, Any]]:
+    """`section.field=VALUE` strings as nested overrides, typed as on the command line:
+    ["optim.lr=2e-3", "train.steps=100"] -> {"optim": {"lr": 0.002}, "train": {"steps": 100}}."""
+    overrides: dict[str, dict[str, Any]] = {}
+    sections = section_types()
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        section, _, name = key.partition(".")
+        _require(bool(sep) and section in sections, f"{setting!r} is not section.field=VALUE")
+        kinds = field_types(sections[section])
+        _require(name in kinds, f"unknown option {key} (known: {', '.join(kinds)})")
+        try:
+            overrides.setdefault(section, {})[name] = parse_value(kinds[name], text)
+        except ValueError:
+            raise UserError(f"{key}: {text!r} is not a {type_name(kinds[name])}") from None
+    return overrides
 
 
 def preset_names() -> list[str]:

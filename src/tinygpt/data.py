@@ -12,22 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
-import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import platformdirs
 from tqdm import tqdm
 
 from tinygpt.config import DataConfig
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, note
 from tinygpt.files import temp_dir, temp_file
-from tinygpt.tokenizer import CharTokenizer, load_tokenizer, save_tokenizer
+from tinygpt.tokenizers import (
+    Tokenizer,
+    build_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_kind,
+)
 
 PREPARE_FORMAT = 2  # bump when the prepared files change meaning (2: CRLF read as LF)
 
@@ -57,7 +63,7 @@ class PreparedData:
     source: str
     train: np.ndarray  # (N_train,) uint16 or uint32, a read-only memmap
     val: np.ndarray  # (N_val,)
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     folder: Path
 
 
@@ -95,12 +101,18 @@ def resolve_corpus(name_or_path: str) -> Path:
 
 def download(corpus: Corpus) -> Path:
     """Fetch a registered corpus into the cache, with a progress bar and checksum check."""
+    return _store_verified(corpus, lambda out: _fetch(corpus, out))
+
+
+def _store_verified(corpus: Corpus, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a corpus into a temporary file in the cache, check its sha256 and only then
+    rename it into place: the cache never holds a partial or wrong copy."""
     dest = corpus_cache_path(corpus)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(dest.parent, ".download-")
+    tmp = temp_file(dest.parent, ".incoming-")
     try:
         with tmp.open("wb") as out:
-            _fetch(corpus, out)
+            write(out)
         _check_sha256(tmp, corpus)
         os.replace(tmp, dest)
     finally:
@@ -108,14 +120,14 @@ def download(corpus: Corpus) -> Path:
     return dest
 
 
-def _fetch(corpus: Corpus, out: object) -> None:
+def _fetch(corpus: Corpus, out: BinaryIO) -> None:
     try:
         with urllib.request.urlopen(corpus.url, timeout=30) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {corpus.name}")
             with bar:
                 for chunk in iter(lambda: response.read(1 << 16), b""):
-                    out.write(chunk)  # type: ignore[attr-defined]
+                    out.write(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -140,16 +152,8 @@ def import_local_copy(corpus: Corpus, source: Path) -> Path:
         raise UserError(f"{source} is a directory; --from takes the corpus file itself")
     if not source.is_file():
         raise UserError(f"no such file: {source}")
-    dest = corpus_cache_path(corpus)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_file(dest.parent, ".import-")
-    try:
-        shutil.copyfile(source, tmp)
-        _check_sha256(tmp, corpus)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    with source.open("rb") as copy:
+        return _store_verified(corpus, lambda out: shutil.copyfileobj(copy, out))
 
 
 def read_text(path: Path) -> str:
@@ -169,15 +173,6 @@ def read_text(path: Path) -> str:
     return text
 
 
-# the parts of emoji sequences, which a char tokenizer separates
-EMOJI_PARTS = re.compile(
-    "[\u200d\ufe0e\ufe0f\u20e3"  # joiner, text / emoji presentation, keycap
-    "\U0001f3fb-\U0001f3ff"  # skin tones
-    "\U0001f1e6-\U0001f1ff"  # the regional indicators that make flags
-    "\U000e0020-\U000e007f]"  # tags (subdivision flags)
-)
-
-
 def normalise(text: str, path: Path) -> str:
     """Windows line endings (CRLF) become LF, one token instead of two; said once, when the
     corpus is prepared."""
@@ -188,22 +183,13 @@ def normalise(text: str, path: Path) -> str:
 
 
 def check_vocabulary(text: str, path: Path) -> None:
-    """A model needs at least two symbols to choose between; emoji sequences get a note."""
+    """A model needs at least two symbols to choose between."""
     distinct = set(text)
     if len(distinct) < 2:
         raise UserError(
             f"corpus {path} has a vocabulary of {len(distinct)} character ({''.join(distinct)!r});"
             " there is nothing to learn, use a real text"
         )
-    if EMOJI_PARTS.search(text):
-        note(
-            f"{path} has emoji made of several code points (joiners, skin tones, flags); the "
-            "char tokenizer splits them, so samples may show their parts apart"
-        )
-
-
-def note(message: str) -> None:
-    print(f"tinygpt: note: {message}", file=sys.stderr)
 
 
 def split_point(n_tokens: int, val_fraction: float) -> int:
@@ -216,6 +202,7 @@ def prepare(config: DataConfig) -> PreparedData:
     path = resolve_corpus(config.dataset)
     key = _prepare_key(path, config)
     folder = cache_home() / "prepared" / key
+    tokenizer_kind(config.tokenizer)  # an unknown kind fails before the corpus is read
     if not (folder / "meta.json").exists():
         text = normalise(read_text(path), path)
         check_vocabulary(text, path)
@@ -229,7 +216,7 @@ def _prepare_key(path: Path, config: DataConfig) -> str:
 
 
 def _write_prepared(text: str, config: DataConfig, folder: Path) -> None:
-    tokenizer = CharTokenizer.from_text(text)
+    tokenizer = build_tokenizer(config.tokenizer, text)
     dtype = np.uint16 if tokenizer.vocab_size <= 65_535 else np.uint32
     ids = tokenizer.encode_array(text).astype(dtype)
     n_train = split_point(len(ids), config.val_fraction)

@@ -4,10 +4,17 @@ UserError (exit status 2) is for mistakes a user can make: a bad file, option or
 Interrupted (exit status 128 + the signal) is a stop asked for by a signal and carried out
 cleanly: TrainingInterrupted after a checkpoint was saved, or before training began, when
 nothing was written. Anything else that escapes is a bug in tinygpt and keeps its traceback.
+A note is one line on stderr that stops nothing.
 """
 
 import signal
+import sys
 from pathlib import Path
+
+
+def note(message: str) -> None:
+    """One line on stderr about something worth knowing that does not stop anything."""
+    print(f"tinygpt: note: {message}", file=sys.stderr)
 
 
 class UserError(Exception):

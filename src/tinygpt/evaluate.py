@@ -16,6 +16,7 @@ from tinygpt.runtime import SINGLE_PROCESS, Distributed, all_mean
 def estimate_loss(
     model: nn.Module,
     splits: dict[str, np.ndarray],
+    *,
     n_batches: int,
     batch_size: int,
     block_size: int,
@@ -34,7 +35,7 @@ def estimate_loss(
     for split, data in splits.items():
         total = 0.0
         batches = eval_batches(
-            data, split, n_batches, batch_size, block_size, seed, group.rank, group.world_size
+            data, split, n_batches, batch_size, block_size, seed=seed, group=group
         )
         for x, y in batches:
             _, loss = model(x.to(device), y.to(device))

@@ -68,8 +68,10 @@ def planned_fault(group: Distributed) -> int | None:
     """TINYGPT_FAULT_STEP=RANK:STEP makes that rank crash after that step, once (not after a
     torchrun restart): a switch for testing recovery, off unless the variable is set.
     Returns the step at which this process is to crash, or None; read once per run."""
+    from tinygpt.runtime import restart_count  # here: importing torch early would delay listen
+
     fault = os.environ.get("TINYGPT_FAULT_STEP")
-    if not fault or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+    if not fault or restart_count() > 0:
         return None
     rank, step = (int(part) for part in fault.split(":"))
     return step if rank == group.rank else None

@@ -11,15 +11,18 @@ forward pass over the window, exactly what decoding without a cache costs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from tinygpt.checkpoint import Checkpoint
 from tinygpt.config import SampleConfig
 from tinygpt.errors import UserError
-from tinygpt.models.gpt import GPT, KVCache
-from tinygpt.tokenizer import Tokenizer
+from tinygpt.models.gpt import KVCache
+from tinygpt.runtime import warn_if_bf16_is_slow
+from tinygpt.tokenizers import Tokenizer
 
 
 class Decoder:
@@ -28,7 +31,7 @@ class Decoder:
     def __init__(self, model: nn.Module, block_size: int, use_cache: bool = True) -> None:
         self.model = model.eval()
         self.block_size = block_size
-        self.use_cache = use_cache and isinstance(model, GPT)
+        self.use_cache = use_cache and model.supports_kv_cache
         self.cache: KVCache | None = None
         self.window = torch.empty(0)  # (B, <= block_size): the tokens the model sees
 
@@ -52,7 +55,7 @@ class Decoder:
         if self.cache is None:
             logits, _ = self.model(self.window)  # (B, T, V)
         else:
-            self.cache.pos = 0
+            self.cache.reset()
             logits, _ = self.model(self.window, cache=self.cache)
         return logits[:, -1]
 
@@ -189,3 +192,44 @@ def stream_text(
     ids, _ = encode_prompt(tokenizer, prompt, block_size)
     pieces = stream_texts(model, tokenizer, ids, block_size, single, stops)
     return (text for _, text in pieces)
+
+
+SAMPLE_SEPARATOR = "\n---------------\n"
+
+
+@dataclass
+class Samples:
+    """Samples on their way: `pieces` yields (sample index, text) as they are generated."""
+
+    prompt: str
+    count: int
+    pieces: Iterator[tuple[int, str]]
+    prompt_was_cut: bool  # the prompt was longer than the context: the model sees its end
+
+    def texts(self, on_piece: Callable[[int, str], None] | None = None) -> list[str]:
+        """Draw every sample to its end: the prompt and what follows it, one text each."""
+        texts = [self.prompt] * self.count
+        for i, piece in self.pieces:
+            texts[i] += piece
+            if on_piece is not None:
+                on_piece(i, piece)
+        return texts
+
+
+def sample(
+    checkpoint: Checkpoint, prompt: str, sampling: SampleConfig, stops: Sequence[str] = ()
+) -> Samples:
+    """Samples continuing `prompt` from a loaded checkpoint, with the weights in the dtype
+    asked for: what the command line (and any other front end) asks for text."""
+    model = checkpoint.model.to(getattr(torch, sampling.dtype))
+    if sampling.dtype == "bfloat16":
+        warn_if_bf16_is_slow(next(model.parameters()).device, "sampling")
+    block_size = checkpoint.config.model.block_size
+    ids, was_cut = encode_prompt(checkpoint.tokenizer, prompt, block_size)
+    pieces = stream_texts(model, checkpoint.tokenizer, ids, block_size, sampling, stops)
+    return Samples(prompt, sampling.num_samples, pieces, was_cut)
+
+
+def join_samples(texts: Sequence[str]) -> str:
+    """Several samples as one text, each after a separator line."""
+    return SAMPLE_SEPARATOR.join(texts) + "\n"

@@ -29,14 +29,9 @@ def parameter_groups(params: list[nn.Parameter], weight_decay: float) -> list[di
     ]
 
 
-def hidden_matrices(model: nn.Module) -> list[nn.Parameter]:
-    """The 2-D weights inside the blocks: what Muon trains (not embeddings, not the head)."""
-    named = model.named_parameters()
-    return [p for name, p in named if name.startswith("blocks.") and p.dim() == 2]
-
-
 def orthogonalise(
     updates: torch.Tensor,
+    *,
     coefficients: tuple[float, float, float],
     steps: int,
     eps: float,
@@ -95,9 +90,12 @@ class BatchedMuon(torch.optim.Muon):
             for shape, pairs in by_shape.items():
                 stack = torch.stack([update for _, update in pairs])
                 ortho = orthogonalise(
-                    stack, group["ns_coefficients"], group["ns_steps"], group["eps"],
-                    self.ns_dtype,
-                )  # fmt: skip
+                    stack,
+                    coefficients=group["ns_coefficients"],
+                    steps=group["ns_steps"],
+                    eps=group["eps"],
+                    dtype=self.ns_dtype,
+                )
                 lr = group["lr"] * math.sqrt(max(1.0, shape[0] / shape[1]))
                 for (param, _), step in zip(pairs, ortho, strict=True):
                     param.mul_(1 - group["lr"] * group["weight_decay"])
@@ -134,49 +132,66 @@ class OptimizerPair:
 def make_optimizer(
     model: nn.Module, config: OptimConfig, device: torch.device
 ) -> torch.optim.Optimizer | OptimizerPair:
-    """The configured optimizer; each param group's `base_lr` is what the schedule scales."""
+    """The configured optimizer: AdamW at `lr`, or Muon at `muon_lr` for the matrices inside
+    the blocks (the model lists them: `hidden_matrices()`) and AdamW for the rest."""
     fused = device.type in ("cuda", "cpu")  # one kernel for all parameters (4x on a CPU)
     params = list(model.parameters())
     if config.optimizer == "muon":
-        muon_params = {id(p) for p in hidden_matrices(model)}
+        muon_params = {id(p) for p in model.hidden_matrices()}
         params = [p for p in params if id(p) not in muon_params]
     groups = parameter_groups(params, config.weight_decay)
     adamw = torch.optim.AdamW(
         groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused or None
     )
-    for group in adamw.param_groups:
-        group["base_lr"] = config.lr
     if config.optimizer == "adamw":
         return adamw
     muon = BatchedMuon(
-        hidden_matrices(model),
+        model.hidden_matrices(),
         lr=config.muon_lr,
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,
         ns_steps=config.muon_ns_steps,
         ns_dtype=reduced_precision(device),  # float32 on CPUs without native bfloat16
     )
-    for group in muon.param_groups:
-        group["base_lr"] = config.muon_lr
     return OptimizerPair(muon, adamw)
 
 
-def lr_at(step: int, config: OptimConfig, total_steps: int) -> float:
-    """The learning rate for optimizer step `step` (0-based) of `total_steps`."""
+def lr_scale_at(step: int, config: OptimConfig, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based) of `total_steps`, as a fraction of
+    the peak in [0, 1]: each param group's own peak rate is multiplied by it."""
+    floor = config.min_lr / config.lr
     if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+        return (step + 1) / config.warmup_steps
     if config.schedule == "constant":
-        return config.lr
+        return 1.0
     if config.schedule == "cosine":
         span = max(1, total_steps - config.warmup_steps)
         progress = min(1.0, (step - config.warmup_steps) / span)
-        return config.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (
-            config.lr - config.min_lr
-        )
-    # wsd: warmup, a long stable stretch at lr, then a linear decay to min_lr
+        return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
+    # wsd: warmup, a long stable stretch at the peak, then a linear decay to the floor
     decay_steps = max(1, round(config.decay_fraction * total_steps))
     decay_start = total_steps - decay_steps
     if step < decay_start:
-        return config.lr
+        return 1.0
     progress = min(1.0, (step - decay_start) / decay_steps)
-    return config.lr + progress * (config.min_lr - config.lr)
+    return 1.0 + progress * (floor - 1.0)
+
+
+class LrSchedule:
+    """Sets each param group's learning rate to its peak (the rate it was created with)
+    times `lr_scale_at(step)`: Muon's groups and AdamW's follow one schedule at their own
+    heights. A pure function of the step, so a resumed run gets the same rates."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer | OptimizerPair, config: OptimConfig, total: int
+    ) -> None:
+        self.optimizer, self.config, self.total_steps = optimizer, config, total
+        self.peaks = [group["lr"] for group in optimizer.param_groups]
+
+    def set_for(self, step: int) -> float:
+        """Set the rates for optimizer step `step`; return the scale."""
+        scale = lr_scale_at(step, self.config, self.total_steps)
+        # loading a state dict replaces the group dicts: ask for them each time
+        for group, peak in zip(self.optimizer.param_groups, self.peaks, strict=True):
+            group["lr"] = peak * scale
+        return scale

@@ -16,8 +16,13 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     figure = Figure(figsize=(8, 5))
     axes = figure.subplots()
     if steps:
-        axes.plot([r["step"] for r in steps], [r["loss"] for r in steps],
-                  color="0.75", linewidth=0.8, label="training batch loss")  # fmt: skip
+        axes.plot(
+            [r["step"] for r in steps],
+            [r["loss"] for r in steps],
+            color="0.75",
+            linewidth=0.8,
+            label="training batch loss",
+        )
     axes.plot(
         [r["step"] for r in evals], [r["train_loss"] for r in evals], marker=".", label="train"
     )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import shutil
 import sys
 import textwrap
@@ -22,11 +21,10 @@ import safetensors.torch
 from tinygpt.checkpoint import (
     clean_checkpoints,
     find_checkpoint,
-    is_run_dir,
+    is_complete,
     list_checkpoints,
     load_train_state,
     read_meta,
-    write_run_config,
 )
 from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.errors import UserError
@@ -35,7 +33,8 @@ from tinygpt.generate import stream_text
 from tinygpt.metrics import drop_metrics_after
 from tinygpt.models import count_parameters
 from tinygpt.plot import plot_losses
-from tinygpt.runtime import barrier
+from tinygpt.rundir import RunDir, is_run_dir
+from tinygpt.runtime import barrier, distributed_from_env, restart_count
 from tinygpt.train import Session, fit, restore_train_state, setup
 
 
@@ -73,36 +72,34 @@ def train(
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        write_run_config(run_dir, config)
+        RunDir(run_dir).write_config(config)
     barrier(session.group)
     return run(session, run_dir, out, until)
-
-
-EARLIER_METRICS = "metrics-earlier.jsonl"  # what a run logged before it had to start again
 
 
 def restart(
     config: RunConfig, run_dir: Path, out: TextIO | None, until: int | None
 ) -> dict[str, float]:
     """Start a run that has no complete checkpoint again from step 0, in its own directory,
-    keeping what it logged so far in metrics-earlier.jsonl."""
+    keeping what it logged so far apart (RunDir.earlier_metrics)."""
     session = setup(config)
     stop_if_requested()
     barrier(session.group)
     if session.group.is_main:
-        metrics = run_dir / "metrics.jsonl"
+        paths = RunDir(run_dir)
+        kept = f" (its earlier metrics are kept in {paths.earlier_metrics.name})"
+        had_metrics = paths.metrics.exists()
         print(
             f"{run_dir} has no complete checkpoint to resume from; starting it again from "
-            f"step 0" + (f" (its earlier metrics are kept in {EARLIER_METRICS})"
-                         if metrics.exists() else ""),
+            f"step 0{kept if had_metrics else ''}",
             file=out or sys.stdout,
-        )  # fmt: skip
-        if metrics.exists():
-            with (run_dir / EARLIER_METRICS).open("a", encoding="utf-8") as kept:
-                kept.write(metrics.read_text(encoding="utf-8"))
-            metrics.unlink()
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # leftovers of a failed save
-        write_run_config(run_dir, config)
+        )
+        if had_metrics:
+            with paths.earlier_metrics.open("a", encoding="utf-8") as earlier:
+                earlier.write(paths.metrics.read_text(encoding="utf-8"))
+            paths.metrics.unlink()
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)  # leftovers of a failed save
+        paths.write_config(config)
     barrier(session.group)
     return run(session, run_dir, out, until)
 
@@ -132,7 +129,8 @@ def resume(
     if not is_run_dir(run_dir):
         raise UserError(f"cannot resume {run_dir}: it is not a tinygpt run directory")
     if not list_checkpoints(run_dir):
-        return restart(_config_with_steps(load_run_config(run_dir), steps), run_dir, out, until)
+        config = _config_with_steps(RunDir(run_dir).read_config(), steps)
+        return restart(config, run_dir, out, until)
     folder, meta = _newest_checkpoint(run_dir)
     config = _config_with_steps(RunConfig.from_dict(meta["config"]), steps)
     if meta["step"] >= config.train.steps:
@@ -146,17 +144,10 @@ def resume(
     barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
     if session.group.is_main:
         clean_checkpoints(run_dir)
-        drop_metrics_after(run_dir / "metrics.jsonl", session.step)
-        write_run_config(run_dir, config)
+        drop_metrics_after(RunDir(run_dir).metrics, session.step)
+        RunDir(run_dir).write_config(config)
         print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
     return run(session, run_dir, out, until)
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    try:
-        return RunConfig.from_dict(json.loads((run_dir / "config.json").read_text("utf-8")))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {run_dir / 'config.json'}: {exc}") from None
 
 
 def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
@@ -172,7 +163,7 @@ def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) 
     out = out or sys.stdout
     print_summary(session, run_dir, out)
     final = fit(session, run_dir, out, until)
-    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")
+    plot_losses(RunDir(run_dir).metrics, RunDir(run_dir).loss_plot)
     config = session.config
     if config.train.sample_tokens and session.step == config.train.steps:
         print("--- sample ---", file=out)
@@ -195,7 +186,7 @@ def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
         "training": f"{cfg.train.steps:,} steps of {tokens:,} tokens, {optimizer}, "
         f"{cfg.optim.schedule} schedule, seed {cfg.train.seed}",
         "device": f"{session.device}, {precision}{group}",
-        "run directory": f"{run_dir} (full config: {run_dir / 'config.json'})",
+        "run directory": f"{run_dir} (full config: {RunDir(run_dir).config})",
     }
     for name, text in lines.items():
         print(textwrap.fill(f"{name}: {text}", width=100, subsequent_indent="  "), file=out)
@@ -209,3 +200,44 @@ def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:
         out.write(piece)
         out.flush()
     out.write("\n")
+
+
+def start_or_resume(
+    run_dir: Path,
+    config: RunConfig | None = None,
+    *,
+    steps: int | None = None,
+    overwrite: bool = False,
+) -> None:
+    """What `tinygpt train` does with a run directory: start `config` in it, or resume it
+    (config None, optionally to `steps` in all). After torchrun restarts a failed group, a
+    new run's directory already holds the run: it is resumed, or left alone if it finished
+    (a process that crashed on its way out after the last save). Rank 0 reports the end."""
+    is_main = distributed_from_env().is_main
+    if config is not None and restart_count() > 0 and is_run_dir(run_dir):
+        if is_finished(run_dir):
+            if is_main:
+                print(f"{run_dir} already finished; nothing left to do after the restart")
+            return
+        config = None
+    if config is None:
+        final = resume(run_dir, steps=steps)
+    else:
+        final = train(config, run_dir, overwrite=overwrite)
+    if is_main:
+        print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
+        print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
+        print_best_if_earlier(run_dir, final["val_loss"])
+
+
+def print_best_if_earlier(run_dir: Path, final_val_loss: float) -> None:
+    """Point to the best checkpoint when the run over-fitted after it."""
+    best = RunDir(run_dir).best
+    if not is_complete(best):
+        return
+    meta = read_meta(best)
+    if meta["metrics"]["val_loss"] < final_val_loss:
+        print(
+            f"lowest val loss {meta['metrics']['val_loss']:.4f} at step {meta['step']}: "
+            f"tinygpt sample {best}"
+        )

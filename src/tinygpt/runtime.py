@@ -165,6 +165,18 @@ class Distributed:
 SINGLE_PROCESS = Distributed()
 
 
+# torchrun's environment is read here and nowhere else.
+
+
+def under_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted the group after a failure (0: never)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def distributed_from_env() -> Distributed:
     """Read the rank and group size that torchrun sets; plain runs are a group of one."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -202,8 +214,7 @@ def _store_for_this_attempt(dist_info: Distributed) -> dist.Store:
         dist_info.world_size,
         is_master=dist_info.is_main and not agent_hosts_it,
     )
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return dist.PrefixStore(f"tinygpt/attempt-{attempt}", store)
+    return dist.PrefixStore(f"tinygpt/attempt-{restart_count()}", store)
 
 
 def all_mean(value: float, dist_info: Distributed, device: torch.device) -> float:

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tinygpt.batches import check_length, random_batch
-from tinygpt.checkpoint import prune_checkpoints, save_checkpoint
+from tinygpt.checkpoint import prune_checkpoints, save_checkpoint, step_folder
 from tinygpt.config import RunConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
@@ -30,7 +30,8 @@ from tinygpt.evaluate import bits_per_token, estimate_loss
 from tinygpt.faults import crash, planned_fault, stop_request
 from tinygpt.metrics import MetricsLog, Throughput
 from tinygpt.models import build_model
-from tinygpt.optim import OptimizerPair, lr_at, make_optimizer
+from tinygpt.optim import LrSchedule, OptimizerPair, make_optimizer
+from tinygpt.rundir import RunDir
 from tinygpt.runtime import (
     SINGLE_PROCESS,
     Distributed,
@@ -56,6 +57,7 @@ class Session:
     model: nn.Module  # the module whose weights are saved
     forward: Callable[..., Any]  # the model, or its compiled version
     optimizer: torch.optim.Optimizer | OptimizerPair
+    schedule: LrSchedule  # sets the optimizer's learning rates for each step
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None: float32
     generator: torch.Generator  # the training batch stream (the same on every rank)
@@ -81,9 +83,18 @@ def setup(config: RunConfig) -> Session:
         )
         torch.manual_seed(config.train.seed + group.rank)  # dropout differs between ranks
     optimizer = make_optimizer(model, config.optim, device)
-    generator = torch.Generator().manual_seed(config.train.seed)
-    dtype = autocast_dtype(config.train.dtype, device)
-    return Session(config, data, model, forward, optimizer, device, dtype, generator, group)
+    return Session(
+        config=config,
+        data=data,
+        model=model,
+        forward=forward,
+        optimizer=optimizer,
+        schedule=LrSchedule(optimizer, config.optim, config.train.steps),
+        device=device,
+        dtype=autocast_dtype(config.train.dtype, device),
+        generator=torch.Generator().manual_seed(config.train.seed),
+        group=group,
+    )
 
 
 def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
@@ -118,9 +129,15 @@ def evaluate(session: Session) -> dict[str, float]:
     splits = {"train": session.data.train, "val": session.data.val}
     with autocast(session):
         losses = estimate_loss(
-            _unwrapped(session.forward), splits, cfg.train.eval_batches, cfg.train.batch_size,
-            cfg.model.block_size, cfg.train.seed, session.device, session.group,
-        )  # fmt: skip
+            _unwrapped(session.forward),
+            splits,
+            n_batches=cfg.train.eval_batches,
+            batch_size=cfg.train.batch_size,
+            block_size=cfg.model.block_size,
+            seed=cfg.train.seed,
+            device=session.device,
+            group=session.group,
+        )
     return {**losses, "val_bpc": bits_per_token(losses["val_loss"])}
 
 
@@ -136,16 +153,17 @@ def train_step(session: Session) -> tuple[float, float]:
     """
     cfg = session.config
     accum = cfg.train.grad_accum_steps
-    lr = lr_at(session.step, cfg.optim, cfg.train.steps)
-    for param_group in session.optimizer.param_groups:  # Muon's groups have their own peak
-        param_group["lr"] = param_group["base_lr"] * lr / cfg.optim.lr
+    session.schedule.set_for(session.step)
     total = torch.zeros((), device=session.device)
     group = session.group
     for micro_step in range(accum):
         x, y = random_batch(
-            session.data.train, cfg.train.batch_size, cfg.model.block_size, session.generator,
-            group.rank, group.world_size,
-        )  # fmt: skip
+            session.data.train,
+            cfg.train.batch_size,
+            cfg.model.block_size,
+            session.generator,
+            group=group,
+        )
         with autocast(session), _gradient_sync(session, micro_step == accum - 1):
             _, loss = session.forward(x.to(session.device), y.to(session.device))
             # the mean over all micro-batches (DDP then averages the ranks): one big batch
@@ -156,6 +174,7 @@ def train_step(session: Session) -> tuple[float, float]:
     mean_loss = (total / accum).item()
     if not (math.isfinite(mean_loss) and math.isfinite(grad_norm)):
         session.optimizer.zero_grad(set_to_none=True)  # the weights stay as they were
+        lr = session.optimizer.param_groups[0]["lr"]
         raise TrainingDiverged(session.step + 1, mean_loss, grad_norm, lr)
     session.optimizer.step()
     session.optimizer.zero_grad(set_to_none=True)
@@ -193,11 +212,14 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     cfg = session.config.train
     last_step = min(cfg.steps, until) if until is not None else cfg.steps
     is_main = session.group.is_main
-    log = MetricsLog(run_dir / "metrics.jsonl", session.elapsed_s, enabled=is_main)
+    log = MetricsLog(RunDir(run_dir).metrics, session.elapsed_s, enabled=is_main)
     bar = tqdm(
-        total=cfg.steps, initial=session.step, desc="train", unit="step",
-        disable=None if is_main else True,
-    )  # fmt: skip
+        total=cfg.steps,
+        initial=session.step,
+        desc="train",
+        unit="step",
+        disable=None if is_main else True,  # None: only on a terminal
+    )
     plain = None
     if is_main and not _is_terminal(out):
         plain = PlainProgress(out, cfg.steps, log.elapsed())
@@ -295,11 +317,17 @@ def _save(
 
     Rank 0 writes; the other ranks wait until it is done.
     """
-    cfg, tokenizer, step = session.config, session.data.tokenizer, session.step
+    cfg, step = session.config, session.step
     if session.group.is_main:
+        about = {
+            "step": step,
+            "config": cfg,
+            "tokenizer": session.data.tokenizer,
+            "metrics": metrics,
+        }
         state = train_state(session, elapsed_s)
-        save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, state)
+        save_checkpoint(step_folder(run_dir, step), session.model, train_state=state, **about)
         if is_best:
-            save_checkpoint(run_dir, step, session.model, cfg, tokenizer, metrics, name="best")
+            save_checkpoint(RunDir(run_dir).best, session.model, **about)
         prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
     barrier(session.group)

@@ -34,11 +34,12 @@ def inspect_corpus(
 
     tokenizer = prepared.tokenizer
     section("2. The vocabulary: every distinct character, sorted")
-    print(repr("".join(tokenizer.itos)), file=out)
+    print(repr("".join(tokenizer.tokens())), file=out)
     print(f"vocab_size = {tokenizer.vocab_size}", file=out)
 
     section("3. Encode and decode")
-    example = EXAMPLE_TEXT if all(c in tokenizer.stoi for c in EXAMPLE_TEXT) else text[:12]
+    known = set(tokenizer.tokens())
+    example = EXAMPLE_TEXT if all(c in known for c in EXAMPLE_TEXT) else text[:12]
     ids = tokenizer.encode(example)
     print(f"encode({example!r}) = {ids}", file=out)
     print(f"decode({ids}) = {tokenizer.decode(ids)!r}", file=out)

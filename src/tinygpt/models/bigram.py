@@ -10,9 +10,16 @@ from torch import nn
 class BigramLanguageModel(nn.Module):
     """An (vocab x vocab) table: row i holds the logits of the token that follows token i."""
 
+    supports_kv_cache = False  # it reads one token: there is nothing to cache
+
     def __init__(self, vocab_size: int) -> None:
         super().__init__()
+        # the lecture's name for the table (the GPT's modules carry GPT-2's names instead)
         self.token_embedding_table = nn.Embedding(vocab_size, vocab_size)
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """None: the table is an embedding, which Muon leaves to AdamW."""
+        return []
 
     def describe(self) -> str:
         vocab = self.token_embedding_table.num_embeddings

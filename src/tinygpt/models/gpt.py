@@ -19,14 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig
+from tinygpt.models.layers import FastMatvecLinear, apply_rotary, make_norm, rotary_tables
 
 
 @dataclass
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, for incremental decoding.
 
-    The model writes the new tokens' keys and values at positions [pos, pos + T) and attends
-    to [0, pos + T); the caller advances `pos` once a forward pass is done.
+    In a forward pass each layer writes the new tokens' keys and values at positions
+    [pos, pos + T) and attends to [0, pos + T); the model then calls `advance(T)`. `reset()`
+    empties the cache for a new window (the old entries are overwritten, not cleared).
     """
 
     keys: list[torch.Tensor]  # n_layer x (B, nh, max_len, hs)
@@ -46,60 +48,11 @@ class KVCache:
         make = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * config.n_layer)]
         return cls(keys=make[: config.n_layer], values=make[config.n_layer :])
 
+    def reset(self) -> None:
+        self.pos = 0
 
-class Linear(nn.Linear):
-    """nn.Linear with a faster product for one row of input: decoding a single token.
-
-    MKL's float32 matrix-vector product reads a large weight matrix far below memory speed
-    on some CPUs (about 10 GB/s on an AMD EPYC). Seen as a (2 * out, in / 2) matrix, each
-    row split in halves, the weight times two columns (the two halves of x) is a matrix
-    product over the same bytes that runs 2-3x faster; y is the sum of its diagonal pairs.
-    The result agrees with the plain product to float rounding.
-    """
-
-    MIN_WEIGHTS = 3 << 16  # below ~768 KB the weights stay in cache and the plain product wins
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._one_row_on_cpu(x):
-            return super().forward(x)
-        out_features, half = self.out_features, self.in_features // 2
-        halves = self.weight.view(2 * out_features, half)  # row 2r + i: half i of row r
-        products = halves @ x.reshape(2, half).t()  # (2 * out, 2): every half with every half
-        y = products.view(out_features, 2, 2).diagonal(dim1=1, dim2=2).sum(-1)  # (out,)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], out_features)
-
-    def _one_row_on_cpu(self, x: torch.Tensor) -> bool:
-        return (
-            x.shape[:-1].numel() == 1
-            and x.device.type == "cpu"
-            and x.dtype == self.weight.dtype == torch.float32
-            and self.weight.numel() >= self.MIN_WEIGHTS
-            and self.in_features % 2 == 0
-            and self.weight.is_contiguous()
-        )
-
-
-def make_norm(config: ModelConfig, size: int) -> nn.Module:
-    if config.norm == "rmsnorm":
-        return nn.RMSNorm(size)
-    return nn.LayerNorm(size, bias=config.bias)
-
-
-def rotary_tables(config: ModelConfig, base: float = 10_000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of each position's rotation angles: two (block_size, hs // 2) tables."""
-    hs = config.n_embd // config.n_head
-    inv_freq = base ** (-torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
-    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair of channels (first half, second half) by its position's angle."""
-    x1, x2 = x.float().chunk(2, dim=-1)  # (B, nh, T, hs/2) each
-    rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return rotated.type_as(x)
+    def advance(self, tokens: int) -> None:
+        self.pos += tokens
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,11 +60,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.layer = config.n_head, layer
         self.head_size = config.n_embd // config.n_head
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = FastMatvecLinear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = FastMatvecLinear(config.n_embd, config.n_embd, bias=config.bias)
         self.qk_norm = config.qk_norm
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.recorded: list[torch.Tensor] | None = None  # attention weights, when asked for
 
     def forward(
         self,
@@ -132,16 +86,29 @@ class CausalSelfAttention(nn.Module):
         mask, is_causal = None, True
         if cache is not None:
             k, v, mask, is_causal = self._extend_cache(cache, k, v)  # (B, nh, pos + T, hs)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hs)
+        if self.recorded is not None:
+            y = self._attend_and_record(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads
         return self.resid_dropout(self.c_proj(y))
+
+    def _attend_and_record(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The lecture's attention, written out: what scaled_dot_product_attention computes,
+        keeping the weights (B, nh, T, T) in `recorded` (no cache, no dropout)."""
+        T = q.size(2)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, nh, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        self.recorded.append(weights)  # type: ignore[union-attr]
+        return weights @ v  # (B, nh, T, hs)
 
     def _extend_cache(
         self, cache: KVCache, k: torch.Tensor, v: torch.Tensor
@@ -163,8 +130,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = FastMatvecLinear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = FastMatvecLinear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.activation = config.activation
         self.dropout = nn.Dropout(config.dropout)
 
@@ -216,6 +183,11 @@ def _switch_name(name: str, value: object) -> str:
 
 
 class GPT(nn.Module):
+    """The module names are GPT-2's (wte, wpe, ln_f, lm_head; c_attn, c_proj, c_fc), so its
+    weights map onto GPT-2 checkpoints by name, with `blocks` for GPT-2's `h`."""
+
+    supports_kv_cache = True
+
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.config = config
@@ -228,7 +200,7 @@ class GPT(nn.Module):
             tables = (nn.Embedding(vocab_size, config.n_embd) for _ in range(config.n_layer))
             self.value_embeds = nn.ModuleList(tables)
         self.ln_f = make_norm(config, config.n_embd)
-        self.lm_head = Linear(config.n_embd, vocab_size, bias=False)
+        self.lm_head = FastMatvecLinear(config.n_embd, vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
         if config.rotary:
@@ -244,6 +216,24 @@ class GPT(nn.Module):
             for name, param in self.named_parameters():
                 if name.endswith("c_proj.weight") or name == "lm_head.weight":
                     nn.init.zeros_(param)  # a tied head is the embedding: not listed here
+
+    def hidden_matrices(self) -> list[nn.Parameter]:
+        """The 2-D weights inside the blocks, which Muon trains (not embeddings, not the head)."""
+        return [p for block in self.blocks for p in block.parameters() if p.dim() == 2]
+
+    @torch.no_grad()
+    def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) tokens -> (n_layer, B, nh, T, T): how much each position attends to every
+        position up to it, per layer and head (each row sums to 1)."""
+        attentions = [block.attn for block in self.blocks]
+        for attn in attentions:
+            attn.recorded = []
+        try:
+            self(idx)
+            return torch.stack([attn.recorded[0] for attn in attentions])  # type: ignore[index]
+        finally:
+            for attn in attentions:
+                attn.recorded = None
 
     def describe(self) -> str:
         """Its shape, and the switches set away from their defaults."""
@@ -294,7 +284,7 @@ class GPT(nn.Module):
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())

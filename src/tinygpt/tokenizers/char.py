@@ -1,33 +1,27 @@
-"""Tokenizers: text <-> token ids, saved as JSON.
-
-`CharTokenizer` is the lecture's: the vocabulary is the sorted set of the corpus' characters.
-"""
+"""The lecture's tokenizer: one token per character, the vocabulary the sorted set of the
+corpus' characters (`stoi` / `itos`, as in the notebook)."""
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, note
+from tinygpt.tokenizers import register
+
+# the parts of emoji sequences, which a char tokenizer separates
+EMOJI_PARTS = re.compile(
+    "[\u200d\ufe0e\ufe0f\u20e3"  # joiner, text / emoji presentation, keycap
+    "\U0001f3fb-\U0001f3ff"  # skin tones
+    "\U0001f1e6-\U0001f1ff"  # the regional indicators that make flags
+    "\U000e0020-\U000e007f]"  # tags (subdivision flags)
+)
 
 
-class Tokenizer(Protocol):
-    """What the rest of tinygpt needs of a tokenizer."""
-
-    @property
-    def vocab_size(self) -> int: ...
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: Sequence[int]) -> str: ...
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-
+@register("char")
 class CharTokenizer:
     """One token per character; ids follow the characters' code point order."""
 
@@ -39,11 +33,19 @@ class CharTokenizer:
 
     @classmethod
     def from_text(cls, text: str) -> CharTokenizer:
+        if EMOJI_PARTS.search(text):
+            note(
+                "the text has emoji made of several code points (joiners, skin tones, flags); "
+                "the char tokenizer splits them, so samples may show their parts apart"
+            )
         return cls(sorted(set(text)))
 
     @property
     def vocab_size(self) -> int:
         return len(self.itos)
+
+    def tokens(self) -> list[str]:
+        return list(self.itos)
 
     def encode(self, text: str) -> list[int]:
         try:
@@ -72,28 +74,10 @@ class CharTokenizer:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "char", "chars": "".join(self.itos)}
+        return {"type": self.kind, "chars": "".join(self.itos)}
 
-
-def tokenizer_from_dict(values: dict[str, Any]) -> CharTokenizer:
-    """Rebuild a tokenizer saved with `to_dict`."""
-    if values.get("type") != "char" or not isinstance(values.get("chars"), str):
-        raise UserError(f"unsupported tokenizer description: type {values.get('type')!r}")
-    try:
-        return CharTokenizer(list(values["chars"]))
-    except ValueError as exc:
-        raise UserError(f"invalid tokenizer: {exc}") from None
-
-
-def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
-    path.write_text(json.dumps(tokenizer.to_dict(), ensure_ascii=False), encoding="utf-8")
-
-
-def load_tokenizer(path: Path) -> CharTokenizer:
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read tokenizer {path}: {exc}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"cannot read tokenizer {path}: not a JSON object")
-    return tokenizer_from_dict(values)
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CharTokenizer:
+        if not isinstance(values.get("chars"), str):
+            raise ValueError("a char tokenizer's JSON needs its characters as a string")
+        return cls(list(values["chars"]))
