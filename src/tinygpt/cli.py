@@ -1,4 +1,4 @@
-"""The `tinygpt` command line: data, inspect, train, sample.
+"""The `tinygpt` command line: data, inspect, trick, train, sample.
 
 Every config field is an option (`--section.field VALUE`) generated from the dataclasses, so
 `--help` is always complete. A user's mistake ends in one line on stderr and exit status 2.
@@ -115,6 +115,7 @@ def build_parser(shown: RunConfig | None = None, shown_as: str = "") -> Parser:
     parser.commands = commands.choices  # name -> its parser, for errors in its own words
     add_data_command(commands)
     add_inspect_command(commands)
+    add_trick_command(commands)
     add_train_command(commands, shown or RunConfig(), shown_as)
     add_sample_command(commands)
     return parser
@@ -142,6 +143,23 @@ def add_inspect_command(commands: Any) -> None:
     inspect.add_argument("--block-size", type=int, default=8, help="context length (default: 8)")
     inspect.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
     inspect.add_argument("--seed", type=int, default=1337, help="batch seed (default: 1337)")
+    inspect.add_argument(
+        "--example", metavar="TEXT", help="text to encode and decode (default: 'hii there')"
+    )
+    inspect.add_argument(
+        "--preset", choices=preset_names(), help="also show this preset's model, part by part"
+    )
+
+
+def add_trick_command(commands: Any) -> None:
+    trick = commands.add_parser(
+        "trick",
+        help="the mathematical trick in self-attention, as the notebook prints it",
+        allow_abbrev=False,
+    )
+    trick.add_argument(
+        "--png", type=Path, metavar="DIR", help="also draw the weight matrices as PNGs in DIR"
+    )
 
 
 def add_train_command(commands: Any, shown: RunConfig, shown_as: str) -> None:
@@ -245,9 +263,22 @@ def run_inspect(args: argparse.Namespace) -> None:
 
     if args.block_size < 1 or args.batch_size < 1 or args.seed < 0:
         fail("--block-size and --batch-size must be at least 1, --seed not negative")
+    model = resolve(args.preset).model if args.preset else None
     inspect_corpus(
-        DataConfig(dataset=args.data), args.block_size, args.batch_size, args.seed, sys.stdout
+        DataConfig(dataset=args.data),
+        sys.stdout,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        example=args.example,
+        model=model,
     )
+
+
+def run_trick(args: argparse.Namespace) -> None:
+    from tinygpt.walkthrough import print_trick
+
+    print_trick(sys.stdout, png_dir=args.png)
 
 
 def default_preset() -> str:
@@ -402,7 +433,13 @@ def write_text(path: Path, text: str) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
 
 
-COMMANDS = {"data": run_data, "inspect": run_inspect, "train": run_train, "sample": run_sample}
+COMMANDS = {
+    "data": run_data,
+    "inspect": run_inspect,
+    "trick": run_trick,
+    "train": run_train,
+    "sample": run_sample,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

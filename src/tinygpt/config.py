@@ -20,7 +20,8 @@ from tinygpt.errors import UserError
 from tinygpt.tokenizers import tokenizer_kind
 
 # the values a field may take: its type says them, the checks and the command line read it
-Arch = Literal["bigram", "gpt"]
+Arch = Literal["bigram", "gpt", "lecture"]
+LectureStep = Literal["head", "multihead", "ffwd", "residual", "layernorm"]
 Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu", "relu", "relu2"]
 Schedule = Literal["constant", "cosine", "wsd"]
@@ -87,6 +88,9 @@ class ModelConfig:
     embed_skip: bool = option(False, "feed the token embedding to every block (learned mix)")
     value_embeds: bool = option(False, "add a per-block token embedding to attention values")
     logit_softcap: float = option(0.0, "squash logits into (-c, c) with c*tanh(x/c) (0: off)")
+    lecture_step: LectureStep = option(
+        "layernorm", "arch lecture: how far along the lecture's code (models/lecture.py)"
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self, "model.")

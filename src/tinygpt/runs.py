@@ -31,7 +31,7 @@ from tinygpt.errors import UserError
 from tinygpt.faults import stop_if_requested
 from tinygpt.generate import stream_text
 from tinygpt.metrics import drop_metrics_after
-from tinygpt.models import count_parameters
+from tinygpt.models import count_parameters, parameter_summary
 from tinygpt.plot import plot_losses
 from tinygpt.rundir import RunDir, is_run_dir
 from tinygpt.runtime import barrier, distributed_from_env, restart_count
@@ -180,7 +180,8 @@ def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
     optimizer = "Muon + AdamW" if cfg.optim.optimizer == "muon" else "AdamW"
     tokens = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
     lines = {
-        "model": f"{session.model.describe()}; {n_params:,} parameters",
+        "model": f"{session.model.describe()}; {n_params:,} parameters ({n_params / 1e6:.6f}M)",
+        "parameters": parameter_summary(session.model),
         "data": f"{cfg.data.dataset}: {len(data.train):,} train and {len(data.val):,} val "
         f"tokens, vocabulary {data.tokenizer.vocab_size} ({cfg.data.tokenizer})",
         "training": f"{cfg.train.steps:,} steps of {tokens:,} tokens, {optimizer}, "
