@@ -297,6 +297,6 @@ def test_a_run_starts_with_a_short_summary(cli, shakespeare, tmp_path: Path) -> 
     assert "data: tinyshakespeare: 1,003,854 train and 111,540 val tokens" in head
     assert "training: 10 steps of 256 tokens, AdamW" in head
     assert "device: cpu, float32" in head
-    assert len(head.splitlines()) <= 7 and max(len(line) for line in head.splitlines()) < 120
+    assert len(head.splitlines()) <= 9 and max(len(line) for line in head.splitlines()) < 120
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["train"]["steps"] == 10  # the whole config is still saved
