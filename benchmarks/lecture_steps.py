@@ -22,15 +22,15 @@ from tinygpt.models import build_model, count_parameters
 from tinygpt.runs import train
 from tinygpt.runtime import cpu_description
 
-LECTURE_REPORTS = {  # val loss as the lecture's code and notebook print it
-    "lecture-bigram": 2.49,  # bigram.py ("about 2.5"; 2.49 when run)
-    "lecture-head": 2.4,  # "about 2.4" (the commit message says "reach 2.5")
-    "lecture-multihead": 2.28,
-    "lecture-ffwd": 2.24,
-    "lecture-residual": 2.08,
-    "lecture-layernorm": 2.06,
-    "lecture-notebook": 1.8226,  # the notebook's last cell, step 4999
-}
+STEP_PRESETS = [
+    "lecture-bigram",
+    "lecture-head",
+    "lecture-multihead",
+    "lecture-ffwd",
+    "lecture-residual",
+    "lecture-layernorm",
+    "lecture-notebook",
+]  # the lecture's figure for each is its train.reference_val_loss
 
 
 def final_val_loss(preset: str, seed: int) -> tuple[float, float]:
@@ -44,7 +44,7 @@ def final_val_loss(preset: str, seed: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=list(LECTURE_REPORTS))
+    parser.add_argument("--presets", nargs="+", default=STEP_PRESETS)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     print(f"cpu: {cpu_description()}")
@@ -54,7 +54,7 @@ def main() -> None:
         runs = [final_val_loss(preset, 1337 + i) for i in range(args.seeds)]
         losses = [loss for loss, _ in runs]
         spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
-        mean, reported = statistics.mean(losses), LECTURE_REPORTS[preset]
+        mean, reported = statistics.mean(losses), config.train.reference_val_loss
         seconds = statistics.median(t for _, t in runs)
         print(
             f"{preset:<18} {n_params / 1e6:.6f}M params, {config.train.steps} steps: val "

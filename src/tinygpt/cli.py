@@ -1,4 +1,4 @@
-"""The `tinygpt` command line: data, inspect, trick, train, sample.
+"""The `tinygpt` command line: data, inspect, trick, train, sample, attention, probs, plot.
 
 Every config field is an option (`--section.field VALUE`) generated from the dataclasses, so
 `--help` is always complete. A user's mistake ends in one line on stderr and exit status 2.
@@ -118,6 +118,7 @@ def build_parser(shown: RunConfig | None = None, shown_as: str = "") -> Parser:
     add_trick_command(commands)
     add_train_command(commands, shown or RunConfig(), shown_as)
     add_sample_command(commands)
+    add_viz_commands(commands)
     return parser
 
 
@@ -225,6 +226,44 @@ def add_sample_command(commands: Any) -> None:
         r"\n, \t, \r and \\ stand for a newline, a tab, a carriage return, a backslash)",
     )
     sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
+
+
+def add_viz_commands(commands: Any) -> None:
+    attention = commands.add_parser(
+        "attention", help="the attention maps of a trained model for a prompt", allow_abbrev=False
+    )
+    attention.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run or checkpoint")
+    attention.add_argument("--prompt", required=True, help="the text whose attention is shown")
+    attention.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="writes FILE.png (every layer and head) and FILE.html (pick layer and head)",
+    )
+    probs = commands.add_parser(
+        "probs", help="the next-token distribution after a prompt", allow_abbrev=False
+    )
+    probs.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run or checkpoint")
+    probs.add_argument("--prompt", default="", help="the text so far (default: token 0)")
+    probs.add_argument(
+        "--temperature",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="T",
+        help="one or several temperatures (0: greedy; default: 1)",
+    )
+    probs.add_argument("--top-k", type=int, default=10, help="tokens to list (default: 10)")
+    probs.add_argument("--png", type=Path, metavar="FILE", help="also draw the bars into FILE")
+    plot = commands.add_parser(
+        "plot", help="the val loss of several runs in one picture", allow_abbrev=False
+    )
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="runs to draw")
+    plot.add_argument("--out", type=Path, required=True, metavar="FILE", help="the PNG to write")
+    plot.add_argument(
+        "--x", choices=("step", "time"), default="step", help="against step or training time"
+    )
 
 
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -379,6 +418,7 @@ def train_here(args: argparse.Namespace) -> None:
 
 def run_sample(args: argparse.Namespace) -> None:
     from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.files import check_writable
     from tinygpt.generate import join_samples, sample
 
     sampling = SampleConfig(
@@ -386,14 +426,11 @@ def run_sample(args: argparse.Namespace) -> None:
     )
     prompt = args.prompt if args.prompt_file is None else read_prompt(args.prompt_file)
     if args.output is not None:
-        check_writable(args.output)
+        check_writable(args.output)  # before generating, not after
     checkpoint = load_checkpoint(args.run_dir)
     samples = sample(checkpoint, prompt, sampling, args.stop)
     if samples.prompt_was_cut:
-        note(
-            "the prompt is longer than the context; the model sees its last "
-            f"{checkpoint.config.model.block_size} tokens"
-        )
+        note_cut_prompt(checkpoint.config.model.block_size)
     if sampling.num_samples == 1:  # one sample streams as it is written
         sys.stdout.write(prompt)
         texts = samples.texts(on_piece=lambda _, piece: print(piece, end="", flush=True))
@@ -414,23 +451,65 @@ def read_prompt(path: Path) -> str:
         raise UserError(f"cannot read prompt file {path}: {exc}") from None
 
 
-def check_writable(path: Path) -> None:
-    """Fail before generating if the text could not be written to `path` afterwards."""
-    folder = path.parent
-    if not folder.is_dir():
-        fail(f"cannot write {path}: no such directory {folder}")
-    if path.is_dir():
-        fail(f"cannot write {path}: it is a directory")
-    target = path if path.exists() else folder
-    if not os.access(target, os.W_OK):
-        fail(f"cannot write {path}: {target} is read-only (permissions or file system)")
-
-
 def write_text(path: Path, text: str) -> None:
     try:
         path.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def run_attention(args: argparse.Namespace) -> None:
+    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.files import check_writable
+    from tinygpt.viz.attention import attention_maps, save_html, save_png
+
+    stem = args.out.with_suffix("") if args.out.suffix in (".png", ".html") else args.out
+    png, html = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".html")
+    check_writable(png)
+    check_writable(html)
+    checkpoint = load_checkpoint(args.run_dir)
+    maps = attention_maps(checkpoint, args.prompt)
+    if maps.prompt_was_cut:
+        note_cut_prompt(checkpoint.config.model.block_size)
+    save_png(maps, png)
+    save_html(maps, html)
+    layers, heads = maps.weights.shape[:2]
+    print(f"{layers} layers x {heads} heads over {len(maps.tokens)} tokens: {png}, {html}")
+
+
+def note_cut_prompt(block_size: int) -> None:
+    note(f"the prompt is longer than the context; the model sees its last {block_size} tokens")
+
+
+def run_probs(args: argparse.Namespace) -> None:
+    import math
+
+    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.files import check_writable
+    from tinygpt.viz.probs import next_token, print_rows, save_png
+
+    if any(not math.isfinite(t) or t < 0 for t in args.temperature):
+        fail("a temperature is 0 (greedy) or positive")
+    if args.top_k < 1:
+        fail("--top-k must be at least 1")
+    if args.png is not None:
+        check_writable(args.png)
+    checkpoint = load_checkpoint(args.run_dir)
+    rows, was_cut = next_token(checkpoint, args.prompt, args.temperature, args.top_k)
+    if was_cut:
+        note_cut_prompt(checkpoint.config.model.block_size)
+    print_rows(rows, sys.stdout)
+    if args.png is not None:
+        save_png(rows, args.prompt, args.png)
+
+
+def run_plot(args: argparse.Namespace) -> None:
+    from tinygpt.files import check_writable
+    from tinygpt.plot import plot_runs
+
+    check_writable(args.out)
+    plot_runs(args.run_dirs, args.out, x=args.x)
+    print(f"{len(args.run_dirs)} runs against {args.x}: {args.out}")
 
 
 COMMANDS = {
@@ -439,6 +518,9 @@ COMMANDS = {
     "trick": run_trick,
     "train": run_train,
     "sample": run_sample,
+    "attention": run_attention,
+    "probs": run_probs,
+    "plot": run_plot,
 }
 
 

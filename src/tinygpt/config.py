@@ -155,6 +155,10 @@ class TrainConfig:
     compile: bool = option(False, "torch.compile the model")
     keep_checkpoints: int = option(2, "newest step checkpoints to keep (the best is kept apart)")
     sample_tokens: int = option(500, "tokens of text to print after training (0: none)")
+    tensorboard: str = option("", "also log the metrics for TensorBoard in this folder ('': off)")
+    reference_val_loss: float = option(
+        0.0, "a val loss to compare with, drawn by `tinygpt plot` (the lecture's; 0: none)"
+    )
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches")

@@ -1,4 +1,5 @@
-"""Temporary files and folders that are renamed into place once written whole.
+"""Files written whole: temporary files and folders renamed into place, and output paths
+checked before the work that fills them.
 
 `tempfile` creates them readable by their owner alone (0600 and 0700), which is right while
 they are being written but wrong for what they become: a cached corpus or a checkpoint that
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
+from tinygpt.errors import UserError
 
 
 def _umask() -> int:
@@ -40,3 +43,15 @@ def temp_dir(parent: Path, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     path.chmod(new_dir_mode())
     return path
+
+
+def check_writable(path: Path) -> None:
+    """Fail at once if a file could not be written to `path` once the work is done."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write {path}: no such directory {folder}")
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK):
+        raise UserError(f"cannot write {path}: {target} is read-only (permissions or file system)")

@@ -1,4 +1,4 @@
-"""Plots of a run: the loss curve, written next to its metrics."""
+"""Loss curves: a run's own (written next to its metrics), and several runs side by side."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from tinygpt.errors import UserError
+from tinygpt.rundir import RunDir
 
 
 def plot_losses(metrics_path: Path, png_path: Path) -> None:
@@ -35,3 +38,53 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     tmp = png_path.with_suffix(".tmp.png")
     figure.savefig(tmp, dpi=100)
     tmp.replace(png_path)
+
+
+def plot_runs(run_dirs: list[Path], png_path: Path, x: str = "step") -> dict[str, list[float]]:
+    """The val loss of several runs in one picture, against step or training time (`x`
+    "time"), each labelled with its directory's name; a run whose config has a reference
+    val loss (the lecture's, for its presets) gets it as a star at its last point.
+    Returns each curve's x values by label."""
+    curves = {}
+    figure = Figure(figsize=(8, 5))
+    axes = figure.subplots()
+    for i, run_dir in enumerate(run_dirs):
+        evals = _evaluations(run_dir)
+        xs = [r["step"] if x == "step" else r["elapsed_s"] for r in evals]
+        color = f"C{i % 10}"
+        axes.plot(xs, [r["val_loss"] for r in evals], marker=".", color=color, label=run_dir.name)
+        curves[run_dir.name] = xs
+        reference = RunDir(run_dir).read_config().train.reference_val_loss
+        if reference > 0:
+            axes.plot(
+                [xs[-1]],
+                [reference],
+                marker="*",
+                markersize=12,
+                color=color,
+                linestyle="none",
+                label=f"{run_dir.name}: reported {reference:g}",
+            )
+    axes.set_xlabel("step" if x == "step" else "training time (s)")
+    axes.set_ylabel("val loss (nats per token)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(png_path, dpi=100)
+    return curves
+
+
+def _evaluations(run_dir: Path) -> list[dict]:
+    """A run's evaluation lines; a missing or empty log is the user's to hear about."""
+    paths = RunDir(run_dir)
+    if not paths.exists():
+        raise UserError(f"{run_dir} is not a tinygpt run directory")
+    try:
+        records = [
+            json.loads(line) for line in paths.metrics.open(encoding="utf-8") if line.strip()
+        ]
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {paths.metrics}: {exc}") from None
+    evals = [r for r in records if "val_loss" in r]
+    if not evals:
+        raise UserError(f"{run_dir} has no evaluation yet: nothing to plot")
+    return evals

@@ -28,7 +28,7 @@ from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
 from tinygpt.evaluate import bits_per_token, estimate_loss
 from tinygpt.faults import crash, planned_fault, stop_request
-from tinygpt.metrics import MetricsLog, Throughput
+from tinygpt.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.models import build_model
 from tinygpt.optim import LrSchedule, OptimizerPair, make_optimizer
 from tinygpt.rundir import RunDir
@@ -69,6 +69,8 @@ class Session:
 
 def setup(config: RunConfig) -> Session:
     """Prepare the data and build the model and optimizer for a config."""
+    if config.train.tensorboard:
+        require_tensorboard()  # a missing extra fails before any work is done
     data = prepare(config.data)
     check_length(data.train, config.model.block_size, "train")
     check_length(data.val, config.model.block_size, "val")
@@ -212,7 +214,9 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     cfg = session.config.train
     last_step = min(cfg.steps, until) if until is not None else cfg.steps
     is_main = session.group.is_main
-    log = MetricsLog(RunDir(run_dir).metrics, session.elapsed_s, enabled=is_main)
+    log = MetricsLog(
+        RunDir(run_dir).metrics, session.elapsed_s, enabled=is_main, tensorboard=cfg.tensorboard
+    )
     bar = tqdm(
         total=cfg.steps,
         initial=session.step,

@@ -11,6 +11,7 @@ class BigramLanguageModel(nn.Module):
     """An (vocab x vocab) table: row i holds the logits of the token that follows token i."""
 
     supports_kv_cache = False  # it reads one token: there is nothing to cache
+    supports_attention_maps = False  # no attention: each token sees only itself
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()

@@ -187,6 +187,7 @@ class GPT(nn.Module):
     weights map onto GPT-2 checkpoints by name, with `blocks` for GPT-2's `h`."""
 
     supports_kv_cache = True
+    supports_attention_maps = True  # attention_weights()
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()

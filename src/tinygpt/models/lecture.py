@@ -38,6 +38,7 @@ class Head(nn.Module):
         self.value = nn.Linear(config.n_embd, head_size, bias=False)
         self.register_buffer("tril", torch.tril(torch.ones(config.block_size, config.block_size)))
         self.dropout = nn.Dropout(config.dropout)
+        self.recorded: list[torch.Tensor] | None = None  # the weights, when asked for
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, T, C = x.shape  # (B, T, C)
@@ -46,6 +47,8 @@ class Head(nn.Module):
         wei = q @ k.transpose(-2, -1) * C**-0.5  # (B, T, T): the affinities, scaled by C
         wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))  # no peeking ahead
         wei = F.softmax(wei, dim=-1)  # (B, T, T): each row a distribution over the past
+        if self.recorded is not None:
+            self.recorded.append(wei)
         wei = self.dropout(wei)
         v = self.value(x)  # (B, T, hs)
         return wei @ v  # (B, T, hs)
@@ -109,6 +112,7 @@ class LectureLanguageModel(nn.Module):
     """The lecture's language model at step `config.lecture_step` (see the module's story)."""
 
     supports_kv_cache = False  # the lecture recomputes the whole window for every token
+    supports_attention_maps = True  # attention_weights()
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
@@ -148,6 +152,26 @@ class LectureLanguageModel(nn.Module):
             return logits, None
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
+
+    def _heads_by_layer(self) -> list[list[Head]]:
+        if self.sa_head is not None:
+            return [[self.sa_head]]
+        return [list(m.heads) for m in self.modules() if isinstance(m, MultiHeadAttention)]
+
+    @torch.no_grad()
+    def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, T) tokens -> (layers, B, heads, T, T): every head's weights, layer by layer
+        (a single layer before the residual step)."""
+        layers = self._heads_by_layer()
+        for head in (h for layer in layers for h in layer):
+            head.recorded = []
+        try:
+            self(idx)
+            by_layer = [torch.stack([h.recorded[0] for h in layer], dim=1) for layer in layers]
+            return torch.stack(by_layer)  # type: ignore[index]
+        finally:
+            for head in (h for layer in layers for h in layer):
+                head.recorded = None
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The 2-D weights between the embeddings and the head (what Muon would train)."""

@@ -1,0 +1,129 @@
+"""Seeing inside a trained model: attention maps, next-token probabilities, several runs'
+curves in one picture, and TensorBoard logs that hold what metrics.jsonl holds."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinygpt.checkpoint import load_checkpoint
+from tinygpt.config import RunConfig
+from tinygpt.plot import plot_runs
+from tinygpt.rundir import RunDir
+from tinygpt.runs import train
+from tinygpt.viz.attention import attention_maps
+from tinygpt.viz.probs import distribution, next_token
+
+QUICK = {"steps": 20, "eval_interval": 10, "eval_batches": 2, "log_interval": 5,
+         "sample_tokens": 0}  # fmt: skip
+
+
+def quick_run(tmp_path: Path, name: str, model: dict, **train_values: object) -> Path:
+    config = RunConfig.from_dict(
+        {"model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, **model},
+         "train": {**QUICK, **train_values}}
+    )  # fmt: skip
+    train(config, tmp_path / name, out=io.StringIO())
+    return tmp_path / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) -> dict[str, Path]:
+    """A GPT with learned positions, one with rotary positions, and a bigram."""
+    folder = tmp_path_factory.mktemp("viz")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYGPT_HOME", str(shakespeare_home))
+        return {
+            "learned": quick_run(folder, "learned", {}),
+            "rotary": quick_run(folder, "rotary", {"rotary": True, "qk_norm": True}),
+            "bigram": quick_run(folder, "bigram", {"arch": "bigram"}),
+        }
+
+
+@pytest.mark.parametrize("kind", ["learned", "rotary"])
+def test_attention_rows_are_causal_distributions(runs, kind: str) -> None:
+    maps = attention_maps(load_checkpoint(runs[kind]), "ROMEO:\nWhat")
+    layers, heads, T, _ = maps.weights.shape
+    assert (layers, heads, T) == (2, 2, 11) and maps.tokens[:7] == [*"ROMEO:", "⏎"]
+    torch.testing.assert_close(maps.weights.sum(-1), torch.ones(layers, heads, T))
+    assert (maps.weights.triu(diagonal=1) == 0).all()
+
+
+def test_attention_writes_a_png_and_a_page_that_needs_no_network(cli, runs, tmp_path) -> None:
+    code, out, _ = cli("attention", runs["rotary"], "--prompt", "KING: Ay", "--out", tmp_path / "a")
+    assert code == 0 and "2 layers x 2 heads over 8 tokens" in out
+    assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
+    page = (tmp_path / "a.html").read_text(encoding="utf-8")
+    assert "http" not in page and "<link" not in page and "src=" not in page
+    tokens = json.loads(page.split("const data = ")[1].split(";\n")[0])["tokens"]
+    assert tokens == ["K", "I", "N", "G", ":", "␣", "A", "y"]
+
+
+def test_attention_and_probs_mistakes_are_one_line(cli, runs, tmp_path) -> None:
+    code, _, err = cli("attention", runs["bigram"], "--prompt", "ab", "--out", tmp_path / "a")
+    assert code == 2 and "has no attention to show" in err and err.count("\n") == 1
+    code, _, err = cli("attention", runs["learned"], "--prompt", "é", "--out", tmp_path / "a")
+    assert code == 2 and "'é' (U+00E9) at position 0 is not in the vocabulary" in err
+    code, _, err = cli("attention", runs["learned"], "--prompt", "ab", "--out", tmp_path / "x/a")
+    assert code == 2 and "no such directory" in err and not (tmp_path / "x").exists()
+    code, _, err = cli("probs", runs["learned"], "--prompt", "ab", "--temperature", "-1")
+    assert code == 2 and "temperature" in err
+    long_prompt = "to be or not to be, " * 3
+    code, out, err = cli(
+        "attention", runs["learned"], "--prompt", long_prompt, "--out", tmp_path / "c"
+    )
+    assert code == 0 and "sees its last 16 tokens" in err and "over 16 tokens" in out
+
+
+def test_next_token_probabilities(cli, runs, tmp_path: Path) -> None:
+    checkpoint = load_checkpoint(runs["learned"])
+    rows, was_cut = next_token(checkpoint, "ROMEO", [0.0, 0.5, 1.0, 2.0], top_k=5)
+    assert not was_cut
+    for row in rows:
+        assert row.probs.sum().item() == pytest.approx(1.0, abs=1e-5)
+        assert [p for _, p in row.top] == sorted((p for _, p in row.top), reverse=True)
+    greedy, cool, warm = rows[0], rows[1], rows[3]
+    logits, _ = checkpoint.model(torch.tensor([checkpoint.tokenizer.encode("ROMEO")]))
+    best = checkpoint.tokenizer.decode([int(logits[0, -1].argmax())])
+    assert greedy.top[0] == (best, 1.0) and cool.top[0][0] == best
+    assert cool.top[0][1] > rows[2].top[0][1] > warm.top[0][1]  # heat flattens it
+    torch.testing.assert_close(distribution(torch.tensor([1.0, 3.0]), 0), torch.tensor([0.0, 1.0]))
+    code, out, _ = cli("probs", runs["learned"], "--prompt", "ROMEO", "--png", tmp_path / "p.png")
+    assert code == 0 and out.startswith("temperature 1:\n    1. ")
+    assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_draws_one_labelled_curve_per_run(runs, tmp_path: Path) -> None:
+    chosen = [runs["learned"], runs["rotary"]]
+    by_step = plot_runs(chosen, tmp_path / "steps.png")
+    assert list(by_step) == ["learned", "rotary"] and by_step["learned"] == [0, 10, 20]
+    by_time = plot_runs(chosen, tmp_path / "time.png", x="time")
+    metrics = [json.loads(line) for line in RunDir(runs["rotary"]).metrics.open()]
+    assert by_time["rotary"] == [m["elapsed_s"] for m in metrics if "val_loss" in m]
+    for name in ("steps.png", "time.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_from_the_command_line(cli, runs, tmp_path: Path) -> None:
+    code, out, _ = cli("plot", runs["learned"], runs["bigram"], "--out", tmp_path / "p.png")
+    assert code == 0 and "2 runs against step" in out
+    code, _, err = cli("plot", tmp_path, "--out", tmp_path / "q.png")
+    assert code == 2 and "not a tinygpt run directory" in err
+
+
+def test_tensorboard_events_hold_the_metrics(shakespeare, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = quick_run(tmp_path, "run", {}, tensorboard=str(tmp_path / "tb"))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    metrics = [json.loads(line) for line in RunDir(run_dir).metrics.open()]
+    for name in ("loss", "val_loss", "train_loss", "grad_norm"):
+        logged = {m["step"]: m[name] for m in metrics if name in m}
+        board = {e.step: e.value for e in events.Scalars(name)}
+        assert logged and board.keys() == logged.keys()
+        assert all(board[s] == pytest.approx(logged[s], rel=1e-5) for s in logged)
