@@ -300,3 +300,43 @@ def test_a_run_starts_with_a_short_summary(cli, shakespeare, tmp_path: Path) -> 
     assert len(head.splitlines()) <= 9 and max(len(line) for line in head.splitlines()) < 120
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["train"]["steps"] == 10  # the whole config is still saved
+
+
+# --- 7. the test suite finds its corpus, or stops at once --------------------------------
+
+
+def run_suite_copy(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """pytest on a copy of this conftest and one test, in a folder with nothing beside it."""
+    repo = tmp_path / "fresh" / "tinygpt"
+    (repo / "tests").mkdir(parents=True)
+    shutil.copy(REPO / "tests" / "conftest.py", repo / "tests")
+    (repo / "tests" / "__init__.py").write_text("")
+    (repo / "tests" / "test_one.py").write_text(
+        "def test_corpus(shakespeare_path):\n"
+        "    assert shakespeare_path.stat().st_size == 1115394\n"
+    )
+    cache = tmp_path / "user-cache"
+    clean = {k: v for k, v in child_env().items() if not k.startswith("TINYGPT_")}
+    clean.update(XDG_CACHE_HOME=str(cache), HOME=str(tmp_path / "home"), **env)
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=repo, env=clean, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return result, time.monotonic() - start
+
+
+def test_the_suite_finds_its_corpus_or_stops_at_once(shakespeare_path, tmp_path) -> None:
+    result, seconds = run_suite_copy(tmp_path / "a", TINYGPT_TEST_CORPUS=str(tmp_path / "none"))
+    assert result.returncode == 2 and seconds < 60
+    assert "TINYGPT_TEST_CORPUS" in result.stdout and "is not a file" in result.stdout
+    # nothing anywhere: a download (where the network allows it), or one line saying what to do
+    result, seconds = run_suite_copy(tmp_path / "b")
+    assert seconds < 90
+    assert result.returncode == 0 or "could not be downloaded" in result.stdout, result.stdout
+    # after `tinygpt data tinyshakespeare --from FILE`, the user's cache is where it looks
+    cached = tmp_path / "c" / "user-cache" / "tinygpt" / "corpora" / "tinyshakespeare"
+    cached.mkdir(parents=True)
+    shutil.copy(shakespeare_path, cached / "input.txt")
+    result, _ = run_suite_copy(tmp_path / "c")
+    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout
