@@ -32,7 +32,6 @@ from tinygpt.tokenizers import (
     build_tokenizer,
     load_tokenizer,
     save_tokenizer,
-    tokenizer_kind,
 )
 
 PREPARE_FORMAT = 2  # bump when the prepared files change meaning (2: CRLF read as LF)
@@ -202,7 +201,6 @@ def prepare(config: DataConfig) -> PreparedData:
     path = resolve_corpus(config.dataset)
     key = _prepare_key(path, config)
     folder = cache_home() / "prepared" / key
-    tokenizer_kind(config.tokenizer)  # an unknown kind fails before the corpus is read
     if not (folder / "meta.json").exists():
         text = normalise(read_text(path), path)
         check_vocabulary(text, path)

@@ -38,8 +38,11 @@ def inspect_corpus(
     n_chars = len(prepared.train) + len(prepared.val)  # one token per character
     text = prepared.tokenizer.decode(prepared.train[:PREVIEW_CHARS].tolist())
     check_length(prepared.train, block_size, "train", option="--block-size")
-    if example is not None:
-        prepared.tokenizer.encode(example)  # a character outside the vocabulary: said first
+    tokenizer = prepared.tokenizer
+    if example is None:
+        known = set(tokenizer.tokens())
+        example = EXAMPLE_TEXT if all(c in known for c in EXAMPLE_TEXT) else text[:12]
+    ids = tokenizer.encode(example)  # a character outside the vocabulary: said before any print
 
     def section(title: str) -> None:
         print(f"\n== {title} ==", file=out)
@@ -49,16 +52,11 @@ def inspect_corpus(
     print(f"the first {len(text)} characters:", file=out)
     print(text, file=out)
 
-    tokenizer = prepared.tokenizer
     section("2. The vocabulary: every distinct character, sorted")
     print(repr("".join(tokenizer.tokens())), file=out)
     print(f"vocab_size = {tokenizer.vocab_size}", file=out)
 
     section("3. Encode and decode")
-    if example is None:
-        known = set(tokenizer.tokens())
-        example = EXAMPLE_TEXT if all(c in known for c in EXAMPLE_TEXT) else text[:12]
-    ids = tokenizer.encode(example)  # a character outside the vocabulary is named
     print(f"encode({example!r}) = {ids}", file=out)
     print(f"decode({ids}) = {tokenizer.decode(ids)!r}", file=out)
 

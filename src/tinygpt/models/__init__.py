@@ -63,7 +63,6 @@ def parameter_summary(model: nn.Module) -> str:
 
 
 def print_parameter_table(model: nn.Module, out: TextIO) -> None:
-    print(
-        f"{count_parameters(model):,} parameters ({count_parameters(model) / 1e6:.6f}M)", file=out
-    )
+    total = count_parameters(model)
+    print(f"{total:,} parameters ({total / 1e6:.6f}M)", file=out)
     print(parameter_summary(model), file=out)
