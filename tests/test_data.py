@@ -126,7 +126,7 @@ def test_any_local_utf8_file_is_a_corpus(text_file) -> None:
         (None, "no corpus named"),
         (b"", "is empty"),
         (b"caf\xe9 latin-1", r"not UTF-8 text \(byte 0xe9 at offset 3\)"),
-        ("dir", "not a file"),
+        ("dir", "has no .txt files"),
     ],
 )
 def test_bad_corpus_files_are_clear_errors(tmp_path: Path, content, message: str) -> None:
@@ -137,4 +137,5 @@ def test_bad_corpus_files_are_clear_errors(tmp_path: Path, content, message: str
         path.write_bytes(content)
     with pytest.raises(UserError, match=message):
         data.prepare(DataConfig(dataset=str(path)))
-    assert not (Path(os.environ["TINYGPT_HOME"]) / "prepared").exists()
+    prepared = Path(os.environ["TINYGPT_HOME"]) / "prepared"
+    assert not prepared.exists() or not list(prepared.iterdir())  # nothing half-written

@@ -4,7 +4,7 @@ says it can do, its attention weights, and the KV cache's position."""
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +17,22 @@ from tinygpt.generate import Decoder, sample
 from tinygpt.models import build_model
 from tinygpt.models.gpt import GPT, KVCache
 from tinygpt.runs import train
-from tinygpt.tokenizers import register
+from tinygpt.tokenizers import Tokenizer, TrainOptions, register
 
 
 @register("reversed-char")
-class ReversedCharTokenizer:
+class ReversedCharTokenizer(Tokenizer):
     """A toy kind: one token per character, ids in reverse code point order."""
+
+    trained_on = "corpus"
 
     def __init__(self, chars: Sequence[str]) -> None:
         self.chars = list(chars)
         self.ids = {ch: i for i, ch in enumerate(self.chars)}
 
     @classmethod
-    def from_text(cls, text: str) -> ReversedCharTokenizer:
-        return cls(sorted(set(text), reverse=True))
+    def train(cls, texts: Iterable[str], options: TrainOptions) -> ReversedCharTokenizer:
+        return cls(sorted(set("".join(texts)), reverse=True))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ReversedCharTokenizer:
@@ -40,17 +42,11 @@ class ReversedCharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def tokens(self) -> list[str]:
-        return list(self.chars)
-
     def encode(self, text: str) -> list[int]:
         return [self.ids[ch] for ch in text]
 
-    def encode_array(self, text: str) -> np.ndarray:
-        return np.array(self.encode(text), dtype=np.int64)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return "".join(self.chars[i] for i in ids).encode()
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "reversed-char", "chars": "".join(self.chars)}

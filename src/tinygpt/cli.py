@@ -201,7 +201,9 @@ def add_sample_command(commands: Any) -> None:
     )
     prompt = sample.add_mutually_exclusive_group()
     prompt.add_argument(
-        "--prompt", default="", help="text to continue (default: token 0, a newline)"
+        "--prompt",
+        default="",
+        help="text to continue (default: the start of a document: end-of-text, or a newline)",
     )
     prompt.add_argument(
         "--prompt-file", type=Path, metavar="FILE", help="read the prompt from FILE"

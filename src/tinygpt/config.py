@@ -60,13 +60,20 @@ def _check_choices(section: Any, where: str) -> None:
 
 @dataclass
 class DataConfig:
-    dataset: str = option("tinyshakespeare", "registered corpus name or path of a UTF-8 text file")
-    tokenizer: str = option("char", "tokenizer kind (char: one token per character)")
+    dataset: str = option(
+        "tinyshakespeare", "registered corpus name, a UTF-8 text file or a folder of .txt files"
+    )
+    tokenizer: str = option(
+        "char", "tokenizer kind: char, byte, bpe (trained here) or gpt2 (GPT-2's vocabulary)"
+    )
+    vocab_size: int = option(0, "bpe: vocabulary size (0: chosen from the corpus size)")
+    tokenizer_file: str = option("", "gpt2: GPT-2's ranks file gpt2.tiktoken (kept once given)")
     val_fraction: float = option(0.1, "fraction of the corpus, taken from its end, used as val")
 
     def __post_init__(self) -> None:
         _require(bool(self.dataset), "data.dataset must not be empty")
         tokenizer_kind(self.tokenizer)  # the registered kinds (tokenizers/)
+        _require(self.vocab_size >= 0, "data.vocab_size must not be negative")
         _require(0 < self.val_fraction < 1, "data.val_fraction must be between 0 and 1")
 
 

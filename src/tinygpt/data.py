@@ -1,10 +1,16 @@
 """Corpora: the registry of named corpora, download into a cache, and preparation into tokens.
 
-A corpus is a registered name (downloaded once, checksum verified) or a local UTF-8 text file.
-Preparation encodes it once into `train.bin` / `val.bin` (token ids, read back through numpy
-memmap) and `tokenizer.json`, in a cache folder keyed by the corpus' content and the data
-config, so an unchanged corpus is never prepared twice. Every file is written under a
-temporary name and renamed into place: an interrupted run never leaves a partial file.
+A corpus is a registered name (downloaded once, checksum verified), a local UTF-8 text file
+or a folder of them (sources.py). Preparation trains the tokenizer and encodes the corpus
+once, streaming, into `train.bin` / `val.bin` (token ids, read back through numpy memmap;
+token_files.py) and `tokenizer.json`, in a cache folder keyed by the corpus' content and the
+data config, so an unchanged corpus is never prepared twice. It is all written in a temporary
+folder renamed into place when complete: a killed or failed preparation leaves no cache
+entry, partial or whole-looking.
+
+The split is the notebook's: the last `val_fraction` of the tokens is val. For a folder that
+is the end of its last documents (in path order); a bpe tokenizer learns from the first
+(1 - val_fraction) of the text's bytes, so val stays unseen.
 """
 
 from __future__ import annotations
@@ -21,20 +27,23 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import platformdirs
 from tqdm import tqdm
 
 from tinygpt.config import DataConfig
-from tinygpt.errors import UserError, note
-from tinygpt.files import temp_dir, temp_file
+from tinygpt.errors import UserError
+from tinygpt.files import cache_home, temp_dir, temp_file
+from tinygpt.sources import DOCUMENT_END, Source, TextReader, sha256_of
+from tinygpt.token_files import DOCUMENT_SEPARATOR, PREPARE_FORMAT, TokenFiles
 from tinygpt.tokenizers import (
     Tokenizer,
-    build_tokenizer,
+    TrainOptions,
     load_tokenizer,
     save_tokenizer,
+    tokenizer_kind,
 )
 
-PREPARE_FORMAT = 2  # bump when the prepared files change meaning (2: CRLF read as LF)
+META_FILE = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -64,27 +73,22 @@ class PreparedData:
     val: np.ndarray  # (N_val,)
     tokenizer: Tokenizer
     folder: Path
+    split_bytes: dict[str, int]  # bytes of corpus text in each split
+    characters: int  # of the whole corpus
 
-
-def cache_home() -> Path:
-    """Where downloads and prepared data live: $TINYGPT_HOME, else the user's cache folder."""
-    return Path(os.environ.get("TINYGPT_HOME") or platformdirs.user_cache_dir("tinygpt"))
+    def tokens_per_byte(self, split: str) -> float:
+        """What turns a loss per token into a loss per byte of text, for this split."""
+        tokens = len(self.train if split == "train" else self.val)
+        return tokens / max(self.split_bytes[split], 1)
 
 
 def corpus_cache_path(corpus: Corpus) -> Path:
     return cache_home() / "corpora" / corpus.name / "input.txt"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def resolve_corpus(name_or_path: str) -> Path:
-    """The local text file for a registered corpus name (downloading it once) or a path."""
+    """The local file (or folder) for a registered corpus name (downloading it once) or a
+    path."""
     if name_or_path in CORPORA:
         corpus = CORPORA[name_or_path]
         path = corpus_cache_path(corpus)
@@ -92,10 +96,16 @@ def resolve_corpus(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if not path.exists():
         known = ", ".join(CORPORA)
-        raise UserError(f"no corpus named {name_or_path!r} and no such file (known: {known})")
-    if not path.is_file():
-        raise UserError(f"corpus path is not a file: {path}")
+        raise UserError(
+            f"no corpus named {name_or_path!r} and no such file or folder (known: {known})"
+        )
+    if not (path.is_file() or path.is_dir()):
+        raise UserError(f"corpus path is not a file or a folder: {path}")
     return path
+
+
+def resolve_source(name_or_path: str) -> Source:
+    return Source.from_path(name_or_path, resolve_corpus(name_or_path))
 
 
 def download(corpus: Corpus) -> Path:
@@ -155,95 +165,82 @@ def import_local_copy(corpus: Corpus, source: Path) -> Path:
         return _store_verified(corpus, lambda out: shutil.copyfileobj(copy, out))
 
 
-def read_text(path: Path) -> str:
-    """A corpus file as text: UTF-8 and not empty, or a clear error."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read corpus {path}: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"corpus {path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
-        ) from None
-    if not text:
-        raise UserError(f"corpus {path} is empty")
-    return text
-
-
-def normalise(text: str, path: Path) -> str:
-    """Windows line endings (CRLF) become LF, one token instead of two; said once, when the
-    corpus is prepared."""
-    if "\r\n" in text:
-        note(f"{path} has Windows line endings (CRLF); they are read as \\n")
-        text = text.replace("\r\n", "\n")
-    return text
-
-
-def check_vocabulary(text: str, path: Path) -> None:
-    """A model needs at least two symbols to choose between."""
-    distinct = set(text)
-    if len(distinct) < 2:
-        raise UserError(
-            f"corpus {path} has a vocabulary of {len(distinct)} character ({''.join(distinct)!r});"
-            " there is nothing to learn, use a real text"
-        )
-
-
-def split_point(n_tokens: int, val_fraction: float) -> int:
-    """The notebook's split: the first (1 - val_fraction) of the tokens train, the rest val."""
-    return int((1 - val_fraction) * n_tokens)
-
-
 def prepare(config: DataConfig) -> PreparedData:
     """Tokenize and split a corpus, reusing an earlier preparation when nothing changed."""
-    path = resolve_corpus(config.dataset)
-    key = _prepare_key(path, config)
-    folder = cache_home() / "prepared" / key
-    if not (folder / "meta.json").exists():
-        text = normalise(read_text(path), path)
-        check_vocabulary(text, path)
-        _write_prepared(text, config, folder)
+    source = resolve_source(config.dataset)
+    folder = cache_home() / "prepared" / _prepare_key(source, config)
+    if not (folder / META_FILE).exists():
+        _write_prepared(source, config, folder)
     return _load_prepared(config.dataset, folder)
 
 
-def _prepare_key(path: Path, config: DataConfig) -> str:
-    recipe = f"{PREPARE_FORMAT}:{sha256_of(path)}:{config.tokenizer}:{config.val_fraction!r}"
+def _prepare_key(source: Source, config: DataConfig) -> str:
+    recipe = ":".join(
+        str(part)
+        for part in (
+            PREPARE_FORMAT,
+            source.fingerprint(),
+            config.tokenizer,
+            config.vocab_size,
+            config.val_fraction,
+        )
+    )
     return hashlib.sha256(recipe.encode()).hexdigest()[:20]
 
 
-def _write_prepared(text: str, config: DataConfig, folder: Path) -> None:
-    tokenizer = build_tokenizer(config.tokenizer, text)
-    dtype = np.uint16 if tokenizer.vocab_size <= 65_535 else np.uint32
-    ids = tokenizer.encode_array(text).astype(dtype)
-    n_train = split_point(len(ids), config.val_fraction)
+def _write_prepared(source: Source, config: DataConfig, folder: Path) -> None:
+    """Train the tokenizer, encode the corpus into token files and split them, all in a
+    temporary folder that becomes `folder` only when every file in it is whole."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(folder.parent, ".tmp-")
     try:
-        ids[:n_train].tofile(tmp / "train.bin")
-        ids[n_train:].tofile(tmp / "val.bin")
-        save_tokenizer(tokenizer, tmp / "tokenizer.json")
-        meta = {"format": PREPARE_FORMAT, "dtype": np.dtype(dtype).name, "characters": len(text)}
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        tokenizer = _train_tokenizer(source, config)
+        tokens = TokenFiles.write(source, tokenizer, tmp, config.val_fraction)
+        save_tokenizer(tokenizer, tmp / TOKENIZER_FILE)
+        (tmp / META_FILE).write_text(json.dumps(tokens.meta()))
         try:
             tmp.rename(folder)
         except OSError:  # another process prepared the same corpus first: keep theirs
-            if not (folder / "meta.json").exists():
+            if not (folder / META_FILE).exists():
                 raise
+    except OSError as exc:
+        raise UserError(
+            f"cannot prepare {source.name} in {folder.parent}: {exc.strerror}"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _train_tokenizer(source: Source, config: DataConfig) -> Tokenizer:
+    """A tokenizer of the configured kind, built on the text its kind learns from."""
+    kind = tokenizer_kind(config.tokenizer)
+    limit = {
+        "corpus": None,
+        "train split": int(source.nbytes * (1 - config.val_fraction)),
+        "nothing": 0,
+    }[kind.trained_on]
+    options = TrainOptions(
+        vocab_size=config.vocab_size,
+        file=config.tokenizer_file,
+        corpus_bytes=source.nbytes if limit is None else limit,
+    )
+    if limit == 0:
+        return kind.train([], options)
+    pieces = TextReader(source).pieces(byte_limit=limit)
+    return kind.train((DOCUMENT_SEPARATOR if p is DOCUMENT_END else p for p in pieces), options)
+
+
 def _load_prepared(source: str, folder: Path) -> PreparedData:
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / META_FILE).read_text())
     dtype = np.dtype(meta["dtype"])
     return PreparedData(
         source=source,
         train=_memmap(folder / "train.bin", dtype),
         val=_memmap(folder / "val.bin", dtype),
-        tokenizer=load_tokenizer(folder / "tokenizer.json"),
+        tokenizer=load_tokenizer(folder / TOKENIZER_FILE),
         folder=folder,
+        split_bytes={split: int(meta["splits"][split]["bytes"]) for split in ("train", "val")},
+        characters=int(meta["characters"]),
     )
 
 

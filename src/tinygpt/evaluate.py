@@ -1,4 +1,4 @@
-"""Evaluation: mean loss over fixed batches per split, and bits per token."""
+"""Evaluation: mean loss over fixed batches per split or a whole split; bits per byte."""
 
 from __future__ import annotations
 
@@ -46,8 +46,16 @@ def estimate_loss(
 
 
 def bits_per_token(loss: float) -> float:
-    """Cross-entropy in nats -> bits; for a char tokenizer, bits per character."""
+    """Cross-entropy in nats -> bits."""
     return loss / math.log(2)
+
+
+def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
+    """A loss per token (nats) as bits per byte of UTF-8 text: the figure that compares
+    models whatever their tokenizer (one that packs more bytes into a token has a higher
+    loss per token for the same model quality). For ASCII text and a char tokenizer it is
+    bits per character."""
+    return bits_per_token(loss) * tokens_per_byte
 
 
 @torch.no_grad()

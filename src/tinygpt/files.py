@@ -13,7 +13,17 @@ import os
 import tempfile
 from pathlib import Path
 
+import platformdirs
+
 from tinygpt.errors import UserError
+
+HOME_VARIABLE = "TINYGPT_HOME"
+
+
+def cache_home() -> Path:
+    """Where downloads, prepared data and tokenizer files live: $TINYGPT_HOME, else the
+    user's cache folder."""
+    return Path(os.environ.get(HOME_VARIABLE) or platformdirs.user_cache_dir("tinygpt"))
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ from tinygpt.config import SampleConfig
 from tinygpt.errors import UserError
 from tinygpt.models.gpt import KVCache
 from tinygpt.runtime import warn_if_bf16_is_slow
-from tinygpt.tokenizers import Tokenizer
+from tinygpt.tokenizers import TextDecoder, Tokenizer
 
 
 class Decoder:
@@ -113,9 +113,21 @@ def seeded_generators(seed: int, count: int, device: torch.device) -> list[torch
 
 
 def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> tuple[list[int], bool]:
-    """Token ids of a prompt (token 0 if empty), cut to its last `block_size`; (ids, was_cut)."""
-    ids = tokenizer.encode(prompt) if prompt else [0]
+    """Token ids of a prompt, cut to its last `block_size`; (ids, was_cut). An empty prompt
+    is the start of a document: the end-of-text token where the tokenizer has one, else
+    a newline (token 0 of the lecture's vocabulary)."""
+    ids = tokenizer.encode(prompt) if prompt else [start_token(tokenizer)]
     return ids[-block_size:], len(ids) > block_size
+
+
+def start_token(tokenizer: Tokenizer) -> int:
+    if tokenizer.eot_id is not None:
+        return tokenizer.eot_id
+    try:
+        newline = tokenizer.encode("\n")
+    except UserError:  # a char vocabulary without one
+        newline = []
+    return newline[0] if len(newline) == 1 else 0
 
 
 class StopScanner:
@@ -168,14 +180,19 @@ def stream_texts(
 def _decode_stream(
     tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, scanners: list[StopScanner]
 ) -> Iterator[tuple[int, str]]:
+    """Text pieces of each sample; a character split over tokens waits for its last byte."""
+    decoders = [TextDecoder(tokenizer) for _ in scanners]
     for token in tokens:
         for i, t in enumerate(token.tolist()):
-            if not scanners[i].stopped and (text := scanners[i].feed(tokenizer.decode([t]))):
+            if not scanners[i].stopped and (text := scanners[i].feed(decoders[i].feed(t))):
                 yield i, text
         if all(s.stopped for s in scanners):
             return
     for i, scanner in enumerate(scanners):
-        if not scanner.stopped and (text := scanner.flush()):
+        if scanner.stopped:
+            continue
+        text = scanner.feed(decoders[i].flush())
+        if text := text + ("" if scanner.stopped else scanner.flush()):
             yield i, text
 
 

@@ -226,7 +226,10 @@ def start_or_resume(
     else:
         final = train(config, run_dir, overwrite=overwrite)
     if is_main:
-        print(f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}")
+        print(
+            f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}"
+            + (f" ({final['val_bpb']:.4f} bits per byte)" if "val_bpb" in final else "")
+        )
         print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
         print_best_if_earlier(run_dir, final["val_loss"])
 

@@ -26,7 +26,7 @@ from tinygpt.checkpoint import prune_checkpoints, save_checkpoint, step_folder
 from tinygpt.config import RunConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
-from tinygpt.evaluate import bits_per_token, estimate_loss
+from tinygpt.evaluate import bits_per_byte, estimate_loss
 from tinygpt.faults import crash, planned_fault, stop_request
 from tinygpt.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.models import build_model
@@ -140,7 +140,14 @@ def evaluate(session: Session) -> dict[str, float]:
             device=session.device,
             group=session.group,
         )
-    return {**losses, "val_bpc": bits_per_token(losses["val_loss"])}
+    data = session.data
+    return {
+        **losses,
+        **{
+            f"{split}_bpb": bits_per_byte(losses[f"{split}_loss"], data.tokens_per_byte(split))
+            for split in splits
+        },
+    }
 
 
 def _unwrapped(forward: Callable[..., Any]) -> Callable[..., Any]:

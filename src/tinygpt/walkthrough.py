@@ -14,9 +14,12 @@ from torch import nn
 from tinygpt.batches import check_length, random_batch
 from tinygpt.config import DataConfig, ModelConfig
 from tinygpt.data import PreparedData, prepare
+from tinygpt.errors import UserError
 from tinygpt.models import build_model, print_parameter_table
+from tinygpt.tokenizers import Tokenizer
 
 EXAMPLE_TEXT = "hii there"  # the lecture's encode/decode example
+SPLIT_EXAMPLE = "Hello NanoGPT"  # the lecture's example for subword tokenizers
 PREVIEW_CHARS = 500
 
 
@@ -35,35 +38,46 @@ def inspect_corpus(
     `example` is the text to encode and decode (default: the lecture's "hii there").
     """
     prepared = prepare(config)
-    n_chars = len(prepared.train) + len(prepared.val)  # one token per character
-    text = prepared.tokenizer.decode(prepared.train[:PREVIEW_CHARS].tolist())
-    check_length(prepared.train, block_size, "train", option="--block-size")
     tokenizer = prepared.tokenizer
+    text = tokenizer.decode(prepared.train[:PREVIEW_CHARS].tolist())[:PREVIEW_CHARS]
+    check_length(prepared.train, block_size, "train", option="--block-size")
     if example is None:
-        known = set(tokenizer.tokens())
-        example = EXAMPLE_TEXT if all(c in known for c in EXAMPLE_TEXT) else text[:12]
+        example = EXAMPLE_TEXT if _encodes(tokenizer, EXAMPLE_TEXT) else text[:12]
     ids = tokenizer.encode(example)  # a character outside the vocabulary: said before any print
+    n_tokens = len(prepared.train) + len(prepared.val)
+    n_bytes = sum(prepared.split_bytes.values())
 
     def section(title: str) -> None:
         print(f"\n== {title} ==", file=out)
 
     section("1. The corpus")
-    print(f"{config.dataset}: {n_chars:,} characters", file=out)
+    print(f"{config.dataset}: {prepared.characters:,} characters, {n_bytes:,} bytes", file=out)
     print(f"the first {len(text)} characters:", file=out)
     print(text, file=out)
 
-    section("2. The vocabulary: every distinct character, sorted")
-    print(repr("".join(tokenizer.tokens())), file=out)
+    tokens = tokenizer.tokens()
+    if all(len(token) == 1 for token in tokens):  # the lecture's: one character per token
+        section("2. The vocabulary: every distinct character, sorted")
+        print(repr("".join(tokens)), file=out)
+    else:
+        section(f"2. The vocabulary: {tokenizer.kind} tokens")
+        _print_vocabulary(tokenizer, tokens, out)
     print(f"vocab_size = {tokenizer.vocab_size}", file=out)
 
     section("3. Encode and decode")
     print(f"encode({example!r}) = {ids}", file=out)
     print(f"decode({ids}) = {tokenizer.decode(ids)!r}", file=out)
+    _print_split(tokenizer, SPLIT_EXAMPLE, out)
+    print(
+        f"compression on the corpus: {prepared.characters / n_tokens:.2f} characters and "
+        f"{n_bytes / n_tokens:.2f} bytes per token",
+        file=out,
+    )
 
-    data = torch.from_numpy(np.concatenate([prepared.train, prepared.val]).astype(np.int64))
     section("4. The whole corpus as a tensor")
-    print(f"data.shape = {tuple(data.shape)}, data.dtype = {data.dtype}", file=out)
-    print(f"data[:100] = {data[:100].tolist()}", file=out)
+    head = torch.from_numpy(prepared.train[:100].astype(np.int64))
+    print(f"data.shape = ({n_tokens},), data.dtype = {head.dtype}", file=out)
+    print(f"data[:100] = {head.tolist()}", file=out)
 
     section(f"5. Train/val split ({1 - config.val_fraction:.0%} / {config.val_fraction:.0%})")
     print(f"train: {len(prepared.train):,} tokens, val: {len(prepared.val):,} tokens", file=out)
@@ -77,6 +91,32 @@ def inspect_corpus(
     if model is not None:
         section(f"8. The model: {model.arch}, its parameters part by part")
         print_parameter_table(build_model(model, tokenizer.vocab_size), out)
+
+
+def _encodes(tokenizer: Tokenizer, text: str) -> bool:
+    try:
+        tokenizer.encode(text)
+    except UserError:
+        return False
+    return True
+
+
+def _print_split(tokenizer: Tokenizer, text: str, out: TextIO) -> None:
+    """How a text splits into tokens: the text of each."""
+    if not _encodes(tokenizer, text):
+        print(f"{text!r} cannot be encoded: a character is not in the vocabulary", file=out)
+        return
+    pieces = [tokenizer.token_text(i) for i in tokenizer.encode(text)]
+    print(f"{text!r} splits into {len(pieces)} tokens: {pieces}", file=out)
+
+
+def _print_vocabulary(tokenizer: Tokenizer, tokens: list[str], out: TextIO) -> None:
+    """The first tokens and the last ones (for bpe, the last merges learned)."""
+    shown = 12
+    print(f"first: {tokens[:shown]}", file=out)
+    print(f"last: {tokens[-shown:]}", file=out)
+    if tokenizer.eot_id is not None:
+        print(f"end of text: {tokenizer.eot_id} = {tokens[tokenizer.eot_id]!r}", file=out)
 
 
 def _print_batch(

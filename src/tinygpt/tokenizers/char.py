@@ -4,13 +4,13 @@ corpus' characters (`stoi` / `itos`, as in the notebook)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 
 from tinygpt.errors import UserError, note
-from tinygpt.tokenizers import register
+from tinygpt.tokenizers import Tokenizer, TrainOptions, register
 
 # the parts of emoji sequences, which a char tokenizer separates
 EMOJI_PARTS = re.compile(
@@ -22,23 +22,29 @@ EMOJI_PARTS = re.compile(
 
 
 @register("char")
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     """One token per character; ids follow the characters' code point order."""
+
+    trained_on = "corpus"  # a character of val outside the vocabulary could not be encoded
 
     def __init__(self, chars: Sequence[str]) -> None:
         if list(chars) != sorted(set(chars)) or any(len(c) != 1 for c in chars):
             raise ValueError("a char vocabulary is a sorted list of distinct characters")
         self.itos = list(chars)
         self.stoi = {ch: i for i, ch in enumerate(self.itos)}
+        self.code_points = np.frombuffer("".join(self.itos).encode("utf-32-le"), dtype=np.uint32)
 
     @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        if EMOJI_PARTS.search(text):
+    def train(cls, texts: Iterable[str], options: TrainOptions) -> CharTokenizer:
+        chars: set[str] = set()
+        for text in texts:
+            chars.update(text)
+        if EMOJI_PARTS.search("".join(chars)):
             note(
                 "the text has emoji made of several code points (joiners, skin tones, flags); "
                 "the char tokenizer splits them, so samples may show their parts apart"
             )
-        return cls(sorted(set(text)))
+        return cls(sorted(chars))
 
     @property
     def vocab_size(self) -> int:
@@ -53,10 +59,14 @@ class CharTokenizer:
         except KeyError:
             raise self._unknown_character(text) from None
 
-    def encode_array(self, text: str) -> np.ndarray:
-        """Encode a whole corpus at once (vectorised; same ids as `encode`)."""
+    def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        arrays = [self._encode_vectorised(text) for text in texts]
+        return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+
+    def _encode_vectorised(self, text: str) -> np.ndarray:
+        """A whole corpus at once (the same ids as `encode`)."""
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        vocab = np.frombuffer("".join(self.itos).encode("utf-32-le"), dtype=np.uint32)
+        vocab = self.code_points
         ids = np.searchsorted(vocab, codes)
         known = vocab[np.minimum(ids, len(vocab) - 1)] == codes
         if not known.all():
@@ -65,6 +75,9 @@ class CharTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.itos[i] for i in ids)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return self.decode(ids).encode("utf-8")
 
     def _unknown_character(self, text: str) -> UserError:
         position, ch = next((i, c) for i, c in enumerate(text) if c not in self.stoi)

@@ -1,0 +1,45 @@
+"""Bytes as tokens: the 256 values of a byte, so no text is ever outside the vocabulary.
+
+A character takes one to four tokens (its UTF-8 bytes): a model reads Chinese or emoji as
+easily as English, at the price of longer sequences than a character vocabulary gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tinygpt.tokenizers import Tokenizer, TrainOptions, register
+
+
+@register("byte")
+class ByteTokenizer(Tokenizer):
+    """Token id = byte value, 0..255."""
+
+    trained_on = "nothing"
+
+    @classmethod
+    def train(cls, texts: Iterable[str], options: TrainOptions) -> ByteTokenizer:
+        return cls()
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
+        return np.frombuffer("".join(texts).encode("utf-8"), dtype=np.uint8).astype(np.int64)
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        return bytes(ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ByteTokenizer:
+        return cls()
