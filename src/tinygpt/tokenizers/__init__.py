@@ -178,9 +178,9 @@ def load_tokenizer(path: Path) -> Tokenizer:
 
 
 # the kinds that ship with tinygpt register themselves on import
-from tinygpt.tokenizers.char import CharTokenizer  # noqa: E402
-from tinygpt.tokenizers.byte import ByteTokenizer  # noqa: E402
 from tinygpt.tokenizers.bpe import BpeTokenizer  # noqa: E402
+from tinygpt.tokenizers.byte import ByteTokenizer  # noqa: E402
+from tinygpt.tokenizers.char import CharTokenizer  # noqa: E402
 from tinygpt.tokenizers.gpt2 import Gpt2Tokenizer  # noqa: E402
 
 __all__ = [
