@@ -135,3 +135,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) ->
         mp.setenv("TINYGPT_HOME", str(shakespeare_home))
         main(["train", *SHORT, "--optim.lr", "0.05", "--out", str(out)])
     return out
+
+
+GPT2_RANKS_BESIDE_REPO = REPO.parent / "shared" / "data" / "gpt2" / "gpt2.tiktoken"
+
+
+@pytest.fixture(scope="session")
+def gpt2_ranks() -> Path:
+    """GPT-2's ranks file (TINYGPT_TEST_GPT2_RANKS, or beside the repository); the tests
+    that need it are skipped without it: tinygpt never downloads it."""
+    path = Path(os.environ.get("TINYGPT_TEST_GPT2_RANKS") or GPT2_RANKS_BESIDE_REPO)
+    if not path.is_file():
+        pytest.skip(f"GPT-2's ranks file is not at {path} (set TINYGPT_TEST_GPT2_RANKS)")
+    return path

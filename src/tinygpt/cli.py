@@ -32,6 +32,7 @@ from tinygpt.config import (
 )
 from tinygpt.errors import Interrupted, UserError, note
 from tinygpt.faults import stop_if_requested, stop_request
+from tinygpt.tokenizers import KINDS
 
 SHORTCUTS = {  # short flag -> (config key, metavar, help)
     "--data": ("data.dataset", "NAME|FILE", "registered corpus or UTF-8 text file"),
@@ -140,7 +141,18 @@ def add_inspect_command(commands: Any) -> None:
     inspect = commands.add_parser(
         "inspect", help="walk through the notebook's data steps", allow_abbrev=False
     )
-    inspect.add_argument("--data", default="tinyshakespeare", metavar="NAME|FILE", help="corpus")
+    inspect.add_argument(
+        "--data", default="tinyshakespeare", metavar="NAME|FILE|FOLDER", help="corpus"
+    )
+    inspect.add_argument(
+        "--tokenizer", default="char", choices=list(KINDS), help="tokenizer kind (default: char)"
+    )
+    inspect.add_argument(
+        "--vocab-size", type=int, default=0, metavar="N", help="bpe: vocabulary size"
+    )
+    inspect.add_argument(
+        "--tokenizer-file", default="", metavar="FILE", help="gpt2: GPT-2's ranks file"
+    )
     inspect.add_argument("--block-size", type=int, default=8, help="context length (default: 8)")
     inspect.add_argument("--batch-size", type=int, default=4, help="batch size (default: 4)")
     inspect.add_argument("--seed", type=int, default=1337, help="batch seed (default: 1337)")
@@ -306,7 +318,12 @@ def run_inspect(args: argparse.Namespace) -> None:
         fail("--block-size and --batch-size must be at least 1, --seed not negative")
     model = resolve(args.preset).model if args.preset else None
     inspect_corpus(
-        DataConfig(dataset=args.data),
+        DataConfig(
+            dataset=args.data,
+            tokenizer=args.tokenizer,
+            vocab_size=args.vocab_size,
+            tokenizer_file=args.tokenizer_file,
+        ),
         sys.stdout,
         block_size=args.block_size,
         batch_size=args.batch_size,

@@ -3,6 +3,7 @@
 ```
 runs/NAME/
   config.json             the resolved config
+  tokenizer.json          the tokenizer (its kind's JSON; every checkpoint holds it too)
   metrics.jsonl           one JSON object per line (metrics.py writes them)
   metrics-earlier.jsonl   what a run logged before it had to start again from step 0
   loss.png                the loss curves, drawn at the end
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from tinygpt.config import RunConfig
 from tinygpt.errors import UserError
+from tinygpt.tokenizers import Tokenizer, save_tokenizer
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.path / "config.json"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / "tokenizer.json"
 
     @property
     def metrics(self) -> Path:
@@ -66,6 +72,11 @@ class RunDir:
         tmp = self.path / ".config.json.tmp"
         tmp.write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
         tmp.replace(self.config)
+
+    def write_tokenizer(self, tokenizer: Tokenizer) -> None:
+        tmp = self.path / ".tokenizer.json.tmp"
+        save_tokenizer(tokenizer, tmp)
+        tmp.replace(self.tokenizer)
 
     def __str__(self) -> str:
         return str(self.path)

@@ -161,6 +161,7 @@ def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) 
     if not session.group.is_main:
         return fit(session, run_dir, io.StringIO(), until)
     out = out or sys.stdout
+    RunDir(run_dir).write_tokenizer(session.data.tokenizer)
     print_summary(session, run_dir, out)
     final = fit(session, run_dir, out, until)
     plot_losses(RunDir(run_dir).metrics, RunDir(run_dir).loss_plot)

@@ -4,9 +4,10 @@ stream of pieces in bounded memory, whatever its size.
 A folder's documents are the `.txt` files under it (subfolders included, hidden ones not) in
 the order of their paths relative to it (compared as text), so the same folder is always
 read the same way. Windows line endings (CRLF) are read as LF. Pieces are cut only after a
-newline that a non-space character follows: no tokenizer here joins text across such a
-point (GPT-2's word pattern starts a new word there), so encoding piece by piece gives the
-same tokens as encoding the whole text at once.
+single newline between two non-space characters: no tokenizer here joins text across such a
+point (GPT-2's word pattern ends a word there and starts another), so encoding piece by
+piece gives the same tokens as encoding the whole text at once. A file with no such point
+(one endless line) is read whole.
 """
 
 from __future__ import annotations
@@ -90,18 +91,25 @@ class TextReader:
         self.saw_crlf = False
 
     def pieces(self, byte_limit: int | None = None) -> Iterator[Piece]:
-        """The text, with DOCUMENT_END between documents; stops after `byte_limit` bytes."""
+        """The text, with DOCUMENT_END between documents; only its first `byte_limit` bytes
+        (of UTF-8 text) if given."""
+        room = byte_limit
         for n, path in enumerate(self.source.files):
             if n:
                 yield DOCUMENT_END
             for piece in self._file_pieces(path):
+                if room is not None:
+                    size = len(piece.encode("utf-8"))
+                    if size >= room:
+                        yield piece.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+                        return
+                    room -= size
                 yield piece
-                if byte_limit is not None and self.bytes_read >= byte_limit:
-                    return
 
     def _file_pieces(self, path: Path) -> Iterator[str]:
         held = ""  # text after the last safe cut, waiting for what follows it
         undecoded = b""  # the first bytes of a character cut by a read
+        carriage_return = ""  # at the end of a read: it may begin a CRLF
         offset = 0  # of the next read in the file
         try:
             with path.open("rb") as f:
@@ -109,21 +117,27 @@ class TextReader:
                     text, undecoded = _decode(undecoded + block, path, offset - len(undecoded))
                     offset += len(block)
                     self.bytes_read += len(block)
-                    cut = _last_safe_cut(held + text)
-                    piece, held = (held + text)[:cut], (held + text)[cut:]
+                    text = carriage_return + text
+                    carriage_return = "\r" if text.endswith("\r") else ""
+                    text = held + self._normalised(text.removesuffix(carriage_return))
+                    cut = _last_safe_cut(text)
+                    piece, held = text[:cut], text[cut:]
                     if piece:
                         yield self._counted(piece)
         except OSError as exc:
             raise UserError(f"cannot read corpus {path}: {exc.strerror}") from None
         if undecoded:
             raise _not_utf8(path, offset - len(undecoded), undecoded[0])
-        if held:
-            yield self._counted(held)
+        if held + carriage_return:
+            yield self._counted(held + carriage_return)
+
+    def _normalised(self, text: str) -> str:
+        if "\r\n" in text:
+            self.saw_crlf = True
+            return text.replace("\r\n", "\n")
+        return text
 
     def _counted(self, piece: str) -> str:
-        if "\r\n" in piece:
-            self.saw_crlf = True
-            piece = piece.replace("\r\n", "\n")
         self.characters += len(piece)
         if len(self.distinct) < 2:
             self.distinct.update(piece[:4096])
@@ -148,10 +162,12 @@ def _not_utf8(path: Path, offset: int, byte: int) -> UserError:
 
 
 def _last_safe_cut(text: str) -> int:
-    """The end of the text's last line that a non-space character follows (0 if none): a
-    carriage return before it stays with its newline."""
+    """Just after the text's last newline that has a non-space character on each side (0 if
+    none). GPT-2's pattern makes such a newline a word of its own, whether or not the text
+    goes on after it; after a run of spaces or newlines it would not be (the run's last
+    character joins what follows)."""
     at = len(text) - 1
-    while (at := text.rfind("\n", 0, at)) >= 0:
-        if not text[at + 1].isspace():
+    while (at := text.rfind("\n", 1, at)) >= 1:
+        if not text[at - 1].isspace() and not text[at + 1].isspace():
             return at + 1
     return 0
