@@ -184,3 +184,49 @@ def test_a_killed_preparation_leaves_nothing_that_looks_complete(
     assert child.returncode == -signal.SIGKILL, "it finished before it could be killed"
     assert not [p for p in prepared.iterdir() if (p / "meta.json").exists()]
     assert all(p.name.startswith(".tmp-") for p in prepared.iterdir())
+
+
+PEAK_MEMORY_BOUND_MB = 400  # preparation of any corpus size; 300 MB of text takes ~210 (char)
+
+
+def write_large_corpus(path: Path, shakespeare_path: Path, megabytes: int) -> None:
+    """Shuffled lines of tiny shakespeare with Chinese and emoji among them, seeded."""
+    lines = shakespeare_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines += ["床前明月光，疑是地上霜。\n", "wave 👋🏽 and flag 🇫🇷\n", "naïve café\n"] * 50
+    rng = np.random.default_rng(0)
+    with path.open("w", encoding="utf-8") as out:
+        while out.tell() < megabytes << 20:
+            out.write("".join(lines[i] for i in rng.permutation(len(lines))))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's VmHWM")
+@pytest.mark.parametrize("name", ["char", "gpt2"])
+def test_a_large_corpus_is_prepared_in_bounded_memory_as_in_one_piece(
+    name: str, tmp_path: Path, isolated_home: Path, shakespeare_path: Path, request
+) -> None:
+    ranks = str(request.getfixturevalue("gpt2_ranks")) if name == "gpt2" else ""
+    corpus = tmp_path / "large.txt"
+    write_large_corpus(corpus, shakespeare_path, megabytes=300)
+    # the high-water mark of this process' own memory (VmHWM; ru_maxrss would count the
+    # memory of the test process it was started from)
+    script = (
+        "import re\n"
+        "from tinygpt.config import DataConfig\nfrom tinygpt.data import prepare\n"
+        f"p = prepare(DataConfig(dataset={str(corpus)!r}, tokenizer={name!r}, "
+        f"tokenizer_file={ranks!r}))\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(p.folder, int(re.search(r'VmHWM:\\s+(\\d+) kB', status)[1]) // 1024)\n"
+    )
+    env = {**os.environ, "TINYGPT_HOME": str(isolated_home)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    folder, peak_mb = result.stdout.split()
+    assert int(peak_mb) < PEAK_MEMORY_BOUND_MB, f"peak {peak_mb} MB"
+    prepared = data.prepare(DataConfig(dataset=str(corpus), tokenizer=name))
+    assert str(prepared.folder) == folder
+    one_piece = prepared.tokenizer.encode_array(corpus.read_text(encoding="utf-8"))
+    assert len(prepared.train) + len(prepared.val) == len(one_piece)
+    assert np.array_equal(prepared.train, one_piece[: len(prepared.train)])
+    assert np.array_equal(prepared.val, one_piece[len(prepared.train) :])

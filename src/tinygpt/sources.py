@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tinygpt.errors import UserError
 
-PIECE_BYTES = 1 << 20  # read this much at a time; a piece is cut at the last safe point in it
+PIECE_BYTES = 1 << 16  # read this much at a time; a piece is cut at the last safe point in it
 
 
 class DocumentEnd:
