@@ -3,8 +3,10 @@ tokens of the whole text, bytes per split for bits per byte, and no partial cach
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,14 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tinygpt import data, sources, token_files
-from tinygpt.config import DataConfig
+from tinygpt.checkpoint import load_checkpoint
+from tinygpt.config import DataConfig, SampleConfig
 from tinygpt.errors import UserError
+from tinygpt.generate import generate, sample
 from tinygpt.tokenizers import END_OF_TEXT
 
 TRICKY = (
-    "First Citizen:\r\nBefore we proceed,\r\n\r\n  indented  \n\n\n\tTab\n 床前明月光，疑是地上霜。\n"
+    "First Citizen:\r\nBefore we proceed,\r\n\r\n  indented  \n\n\n\tTab\n"
+    " 床前明月光，疑是地上霜。\n"
     "👋🏽 🇫🇷 naïve e\u0301 \u3000全角\n\n\n   \nx\n"
 )
 
@@ -154,7 +160,7 @@ def test_a_failed_preparation_leaves_no_cache_entry(
 
     monkeypatch.setattr(token_files, "_move_tail", disk_full)
     corpus = text_file("to be or not to be\n" * 100)
-    with pytest.raises(UserError, match="cannot prepare .*No space left on device"):
+    with pytest.raises(UserError, match=r"cannot prepare .*No space left on device"):
         data.prepare(DataConfig(dataset=str(corpus)))
     assert list((isolated_home / "prepared").iterdir()) == []
     monkeypatch.undo()
@@ -230,3 +236,56 @@ def test_a_large_corpus_is_prepared_in_bounded_memory_as_in_one_piece(
     assert len(prepared.train) + len(prepared.val) == len(one_piece)
     assert np.array_equal(prepared.train, one_piece[: len(prepared.train)])
     assert np.array_equal(prepared.val, one_piece[len(prepared.train) :])
+
+
+def test_train_on_a_folder_with_bpe_and_sample_whole_characters(cli, tmp_path: Path) -> None:
+    """From a folder of Chinese and English documents to a run whose metrics give bits per
+    byte, whose tokenizer is saved with it, and whose samples stream whole characters."""
+    folder = tmp_path / "poems"
+    folder.mkdir()
+    poem = "床前明月光，疑是地上霜。举头望明月，低头思故乡。\n"
+    for i in range(6):
+        (folder / f"{i}.txt").write_text((poem + f"line {i} of the moon 🌙\n") * 40)
+    run_dir = tmp_path / "run"
+    code, out, err = cli(
+        "train", "--preset", "bigram", "--data", folder, "--data.tokenizer", "bpe",
+        "--data.vocab_size", "300", "--steps", "300", "--train.eval_interval", "150",
+        "--optim.lr", "0.1",
+        "--model.block_size", "16", "--train.sample_tokens", "0", "--out", run_dir,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "bits per byte" in out
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in evals if "val_bpb" in r][-1]
+    assert 0 < last["val_bpb"] < last["val_loss"] / np.log(2)  # a token holds several bytes
+    saved = json.loads((run_dir / "tokenizer.json").read_text())
+    assert saved["type"] == "bpe" and saved["tokenizer"]["model"]["type"] == "BPE"
+    code, text, _ = cli("sample", run_dir, "--max-new-tokens", "100", "--prompt", "床前")
+    assert code == 0 and text.startswith("床前") and "明" in text
+    # streamed, a piece at a time, the text is the whole token sequence decoded at once:
+    # a character split over tokens is never shown as U+FFFD on the way
+    checkpoint = load_checkpoint(run_dir)
+    sampling = SampleConfig(max_new_tokens=300, seed=5)
+    (streamed,) = sample(checkpoint, "床前", sampling).texts()
+    prompt = torch.tensor([checkpoint.tokenizer.encode("床前")])
+    tokens = generate(checkpoint.model, prompt, checkpoint.config.model.block_size, sampling)
+    assert streamed == "床前" + checkpoint.tokenizer.decode([int(t) for t in tokens])
+
+
+def test_inspect_shows_any_tokenizer(cli, shakespeare) -> None:
+    code, out, err = cli("inspect", "--tokenizer", "bpe")
+    assert code == 0, err
+    assert "vocab_size = 1024" in out and "end of text: 0 = '<|endoftext|>'" in out
+    split = re.search(r"'Hello NanoGPT' splits into (\d+) tokens: (\[.*\])", out)
+    assert split and int(split[1]) == len(ast.literal_eval(split[2])) < 13
+    assert "".join(ast.literal_eval(split[2])) == "Hello NanoGPT"
+    compression = re.search(
+        r"compression on the corpus: ([\d.]+) characters and ([\d.]+) bytes", out
+    )
+    assert compression and 2 < float(compression[1]) == float(compression[2]) < 3
+    sizes = re.search(r"train: ([\d,]+) tokens, val: ([\d,]+) tokens", out)
+    train, val = (int(n.replace(",", "")) for n in sizes.groups())
+    assert abs((train + val) * float(compression[1]) - 1_115_394) < 0.01 * 1_115_394
+    code, out, _ = cli("inspect", "--tokenizer", "byte", "--example", "床")
+    assert code == 0 and "encode('床') = [229, 186, 138]" in out
+    assert "'Hello NanoGPT' splits into 13 tokens" in out

@@ -115,7 +115,7 @@ def test_gpt2_without_its_ranks_file_says_where_to_put_it(tmp_path: Path) -> Non
         Gpt2Tokenizer.train([], TrainOptions())
     forged = tmp_path / "gpt2.tiktoken"
     forged.write_text("aGk= 0\n")
-    with pytest.raises(UserError, match="is not GPT-2's gpt2.tiktoken: sha256"):
+    with pytest.raises(UserError, match=r"is not GPT-2's gpt2\.tiktoken: sha256"):
         Gpt2Tokenizer.train([], TrainOptions(file=str(forged)))
     with pytest.raises(UserError, match="no such file"):
         Gpt2Tokenizer.train([], TrainOptions(file=str(tmp_path / "missing")))

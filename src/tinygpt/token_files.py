@@ -145,9 +145,10 @@ def _move_tail(train_path: Path, val_path: Path, n_train: int, dtype: np.dtype) 
 
 
 def _text_bytes(path: Path, dtype: np.dtype, byte_lengths: np.ndarray) -> int:
-    if path.stat().st_size == 0:
-        return 0
-    ids = np.memmap(path, dtype=dtype, mode="r")
-    return sum(
-        int(byte_lengths[ids[i : i + COPY_TOKENS]].sum()) for i in range(0, len(ids), COPY_TOKENS)
-    )
+    """Bytes of text that the tokens of a file stand for, read a block at a time (a memory
+    map would keep every page it touched resident until the end)."""
+    total = 0
+    with path.open("rb") as f:
+        while len(ids := np.fromfile(f, dtype=dtype, count=COPY_TOKENS)):
+            total += int(byte_lengths[ids].sum())
+    return total

@@ -42,7 +42,7 @@ def next_token(
         probs = distribution(logits, temperature)
         values, indices = probs.topk(min(top_k, probs.numel()))
         top = [
-            (checkpoint.tokenizer.decode([i]), p)
+            (checkpoint.tokenizer.token_text(i), p)
             for i, p in zip(indices.tolist(), values.tolist(), strict=True)
         ]
         rows.append(NextToken(temperature, top, probs))
