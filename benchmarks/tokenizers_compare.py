@@ -30,7 +30,7 @@ from tinygpt.runtime import cpu_description
 from tinygpt.train import setup, train_step
 
 COMMON_CHARACTERS = 100_000
-CALIBRATION_STEPS = 20
+CALIBRATION_STEPS = 60
 
 
 def run_config(spec: str, steps: int | None = None) -> RunConfig:
@@ -43,7 +43,7 @@ def run_config(spec: str, steps: int | None = None) -> RunConfig:
 
 def seconds_per_step(spec: str) -> float:
     session = setup(run_config(spec))
-    for _ in range(5):  # warm-up: first steps allocate
+    for _ in range(10):  # warm-up: first steps allocate
         train_step(session)
     start = time.perf_counter()
     for _ in range(CALIBRATION_STEPS):

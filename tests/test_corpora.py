@@ -275,14 +275,14 @@ def test_train_on_a_folder_with_bpe_and_sample_whole_characters(cli, tmp_path: P
 def test_inspect_shows_any_tokenizer(cli, shakespeare) -> None:
     code, out, err = cli("inspect", "--tokenizer", "bpe")
     assert code == 0, err
-    assert "vocab_size = 1024" in out and "end of text: 0 = '<|endoftext|>'" in out
+    assert "vocab_size = 512" in out and "end of text: 0 = '<|endoftext|>'" in out
     split = re.search(r"'Hello NanoGPT' splits into (\d+) tokens: (\[.*\])", out)
     assert split and int(split[1]) == len(ast.literal_eval(split[2])) < 13
     assert "".join(ast.literal_eval(split[2])) == "Hello NanoGPT"
     compression = re.search(
         r"compression on the corpus: ([\d.]+) characters and ([\d.]+) bytes", out
     )
-    assert compression and 2 < float(compression[1]) == float(compression[2]) < 3
+    assert compression and 1.5 < float(compression[1]) == float(compression[2]) < 3
     sizes = re.search(r"train: ([\d,]+) tokens, val: ([\d,]+) tokens", out)
     train, val = (int(n.replace(",", "")) for n in sizes.groups())
     assert abs((train + val) * float(compression[1]) - 1_115_394) < 0.01 * 1_115_394

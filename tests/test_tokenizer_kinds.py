@@ -160,8 +160,9 @@ def test_bpe_learns_the_corpus_words(bpe: BpeTokenizer) -> None:
 def test_bpe_vocabulary_size_is_checked_and_defaults_with_the_corpus() -> None:
     with pytest.raises(UserError, match="too small for bpe"):
         BpeTokenizer.from_text("abc abc", TrainOptions(vocab_size=100))
-    assert default_vocab_size(1_115_394) == 1024
-    assert default_vocab_size(1 << 30) == 32768 and default_vocab_size(1000) == 512
+    assert default_vocab_size(1_115_394) == 512
+    assert default_vocab_size(1 << 30) == 16384 and default_vocab_size(1000) == 512
+    assert default_vocab_size(1 << 40) == 32768
 
 
 def test_the_kinds_save_only_json(bpe: BpeTokenizer) -> None:

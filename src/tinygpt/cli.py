@@ -35,7 +35,7 @@ from tinygpt.faults import stop_if_requested, stop_request
 from tinygpt.tokenizers import KINDS
 
 SHORTCUTS = {  # short flag -> (config key, metavar, help)
-    "--data": ("data.dataset", "NAME|FILE", "registered corpus or UTF-8 text file"),
+    "--data": ("data.dataset", "NAME|FILE|FOLDER", "registered corpus, UTF-8 text file or folder"),
     "--steps": ("train.steps", "N", "optimizer steps"),
     "--seed": ("train.seed", "N", "seed for weights, batches and sampling"),
 }

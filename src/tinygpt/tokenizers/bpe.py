@@ -24,12 +24,16 @@ SHOW_PROGRESS_FROM_BYTES = 16 << 20
 
 
 def default_vocab_size(corpus_bytes: int) -> int:
-    """The power of two nearest the square root of the corpus size, from 512 to 32768:
-    about 1,024 for tiny shakespeare, 32,768 from a GB up. A larger vocabulary shortens the
-    sequences but gives each token fewer examples to learn from; this keeps both in view."""
+    """The power of two nearest half the square root of the corpus size, from 512 to
+    32,768: 512 for tiny shakespeare, 16,384 for a GB. A larger vocabulary shortens the
+    sequences but gives each token fewer examples to learn from (on tiny shakespeare, 512
+    tokens beat 1,024 at three CPU minutes: benchmarks/RESULTS.md, "Tokenizers").
+
+    Prepared data is cached by the configured size (0 for this default): a change here must
+    bump token_files.PREPARE_FORMAT."""
     if corpus_bytes <= 0:
         return 512
-    exponent = round(math.log2(math.sqrt(corpus_bytes)))
+    exponent = round(math.log2(math.sqrt(corpus_bytes) / 2))
     return int(min(max(2**exponent, 512), 32768))
 
 
