@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tinygpt.errors import UserError
@@ -54,6 +54,7 @@ def open_vocabulary(request: pytest.FixtureRequest) -> Tokenizer:
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(text=ANY_TEXT)
+@example(text=MIXED)
 def test_any_text_round_trips_with_no_unknown_token(open_vocabulary: Tokenizer, text: str) -> None:
     ids = open_vocabulary.encode(text)
     assert all(0 <= i < open_vocabulary.vocab_size for i in ids)
@@ -72,6 +73,7 @@ def test_char_round_trips_the_text_it_was_built_on(text: str) -> None:
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(text=ANY_TEXT)
+@example(text=MIXED)
 def test_streamed_text_never_shows_a_replacement_character(
     open_vocabulary: Tokenizer, text: str
 ) -> None:

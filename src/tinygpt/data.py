@@ -205,7 +205,7 @@ def _write_prepared(source: Source, config: DataConfig, folder: Path) -> None:
                 raise
     except OSError as exc:
         raise UserError(
-            f"cannot prepare {source.name} in {folder.parent}: {exc.strerror}"
+            f"cannot prepare {source.name} in {folder.parent}: {exc.strerror or exc}"
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
