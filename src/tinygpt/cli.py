@@ -1,4 +1,4 @@
-"""The `tinygpt` command line: data, inspect, trick, train, sample, attention, probs, plot.
+"""The `tinygpt` command line: data, inspect, trick, train, sample, attention, probs, plot, serve.
 
 Every config field is an option (`--section.field VALUE`) generated from the dataclasses, so
 `--help` is always complete. A user's mistake ends in one line on stderr and exit status 2.
@@ -120,6 +120,7 @@ def build_parser(shown: RunConfig | None = None, shown_as: str = "") -> Parser:
     add_train_command(commands, shown or RunConfig(), shown_as)
     add_sample_command(commands)
     add_viz_commands(commands)
+    add_serve_command(commands)
     return parser
 
 
@@ -240,6 +241,17 @@ def add_sample_command(commands: Any) -> None:
         r"\n, \t, \r and \\ stand for a newline, a tab, a carriage return, a backslash)",
     )
     sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
+
+
+def add_serve_command(commands: Any) -> None:
+    from tinygpt.serve import command
+
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server and a web playground for a trained run",
+        allow_abbrev=False,
+    )
+    command.add_arguments(serve)
 
 
 def add_viz_commands(commands: Any) -> None:
@@ -522,6 +534,12 @@ def run_probs(args: argparse.Namespace) -> None:
         save_png(rows, args.prompt, args.png)
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    from tinygpt.serve import command
+
+    command.run(args)
+
+
 def run_plot(args: argparse.Namespace) -> None:
     from tinygpt.files import check_writable
     from tinygpt.plot import plot_runs
@@ -537,6 +555,7 @@ COMMANDS = {
     "trick": run_trick,
     "train": run_train,
     "sample": run_sample,
+    "serve": run_serve,
     "attention": run_attention,
     "probs": run_probs,
     "plot": run_plot,

@@ -1,0 +1,174 @@
+"""The HTTP server: OpenAI's /v1/completions (whole or streamed), /v1/models, /health, a
+metrics view, and the playground page, behind the guards of `ServeSettings`.
+
+Anything a client sends that is wrong gets OpenAI's error shape and a 4xx status, never a
+traceback: a bad field 400, a missing or wrong key 401, an unknown model 404, an oversized
+body 413, a full server 429 (with Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from tinygpt.serve import protocol
+from tinygpt.serve.engine import Engine, Event, Plan
+from tinygpt.serve.protocol import ApiError
+
+log = logging.getLogger("tinygpt.serve")
+PUBLIC_PATHS = ("/health", "/")  # the page asks for the key itself
+
+
+def create_app(engine: Engine) -> FastAPI:
+    app = FastAPI(title="tinygpt", docs_url=None, redoc_url=None, openapi_url=None)
+    settings = engine.settings
+    app.state.engine = engine
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if settings.api_key and request.url.path not in PUBLIC_PATHS:
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {settings.api_key}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                message = "a valid API key is needed (Authorization: Bearer KEY)"
+                return error_response(ApiError(401, message, code="invalid_api_key"))
+        return await call_next(request)
+
+    app.add_exception_handler(ApiError, lambda _, exc: error_response(exc))
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics() -> dict[str, int]:
+        return engine.metrics.view()
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        model = {"id": engine.name, "object": "model", "created": 0, "owned_by": "tinygpt"}
+        return {"object": "list", "data": [model]}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> str:
+        page = resources.files("tinygpt.serve").joinpath("playground.html")
+        return page.read_text(encoding="utf-8").replace("{{MODEL}}", engine.name)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_body(request, settings.max_body_bytes)
+        completion = protocol.parse_request(body)
+        if completion.model not in (None, engine.name):
+            message = f"no model {completion.model!r} here; this server has {engine.name!r}"
+            raise ApiError(404, message, param="model", code="model_not_found")
+        plan = engine.plan(completion)
+        if completion.stream:
+            return await stream(engine, plan, completion.include_usage, request)
+        return await whole(engine, plan, request)
+
+    return app
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The body, refused with 413 past `cap` bytes (whether or not it says its length)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise ApiError(413, f"the body is over {cap} bytes", code="body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > cap:
+            raise ApiError(413, f"the body is over {cap} bytes", code="body_too_large")
+    return bytes(body)
+
+
+async def whole(engine: Engine, plan: Plan, request: Request) -> dict:
+    """Generate every choice, stopping at once if the client leaves while it waits."""
+    future = await engine.start(plan, lambda event: None)
+    while not future.done():
+        await asyncio.wait({future}, timeout=0.2)
+        if not future.done() and await request.is_disconnected():
+            plan.cancel.set()
+    future.result()  # a bug of ours in the worker surfaces here, as a 500
+    request_id = protocol.completion_id()
+    choices = [protocol.choice(c.index, c.text, c.finish_reason) for c in plan.choices]
+    return {
+        **protocol.envelope(request_id, engine.name, choices),
+        "usage": protocol.usage(plan.prompt_tokens, plan.completion_tokens),
+    }
+
+
+async def stream(
+    engine: Engine, plan: Plan, include_usage: bool, request: Request
+) -> StreamingResponse:
+    """Server-sent events: a chunk per piece of text, the last of each choice carrying its
+    finish_reason, the usage chunk if asked for, then [DONE]."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event | None] = asyncio.Queue()
+
+    def on_event(event: Event) -> None:  # called on the worker thread
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    future = await engine.start(plan, on_event)
+    future.add_done_callback(lambda _: events.put_nowait(None))
+    request_id = protocol.completion_id()
+
+    def chunk(index: int, text: str, finish: str | None) -> bytes:
+        return protocol.sse(
+            protocol.envelope(request_id, engine.name, [protocol.choice(index, text, finish)])
+        )
+
+    async def body() -> AsyncIterator[bytes]:
+        held: dict[int, str] = {}  # each choice's newest piece, sent when the next comes
+        try:
+            while (event := await events.get()) is not None:
+                index, text, finish = event
+                if finish:
+                    yield chunk(index, held.pop(index, ""), finish)
+                else:
+                    if index in held:
+                        yield chunk(index, held[index], None)
+                    held[index] = text
+            if include_usage:
+                usage = protocol.usage(plan.prompt_tokens, plan.completion_tokens)
+                envelope = protocol.envelope(request_id, engine.name, [])
+                yield protocol.sse({**envelope, "usage": usage})
+            yield protocol.sse("[DONE]")
+        finally:
+            plan.cancel.set()  # the client left (or the stream ended): stop generating
+
+    headers = {"Cache-Control": "no-cache"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return error_response(ApiError(exc.status_code, str(exc.detail), kind=kind))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug of ours: logged here, and the client gets no traceback."""
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(ApiError(500, "internal error", kind="server_error"))

@@ -1,0 +1,103 @@
+"""`tinygpt serve RUN_DIR`: its options and what it does (FastAPI and uvicorn are loaded only
+when it runs, so the rest of the command line works without the `serve` extra)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from pathlib import Path
+
+from tinygpt.errors import UserError, note
+from tinygpt.serve.settings import ServeSettings
+
+API_KEY_VARIABLE = "TINYGPT_API_KEY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ServeSettings()
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run or checkpoint")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1 only)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}, else none)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    limits = (
+        ("--slots", int, "slots", "requests generating at once"),
+        ("--queue", int, "queue", "requests waiting for a slot before 429"),
+        ("--max-prompt-tokens", int, "max_prompt_tokens", "longest prompt, in tokens"),
+        ("--max-tokens", int, "max_tokens", "largest max_tokens a request may ask for"),
+        ("--deadline", float, "deadline_s", "seconds of generation per request"),
+        ("--max-body-bytes", int, "max_body_bytes", "largest request body"),
+    )
+    for flag, kind, name, help_text in limits:
+        default = getattr(defaults, name)
+        parser.add_argument(
+            flag, type=kind, dest=name, default=default, help=f"{help_text} (default: {default})"
+        )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages from ORIGIN to call the API (repeatable; default: none)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from tinygpt.serve.app import create_app
+    except ImportError:
+        raise UserError(
+            "tinygpt serve needs its extra: pip install -e '.[serve]' (FastAPI and uvicorn)"
+        ) from None
+    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.runtime import resolve_device
+    from tinygpt.serve.engine import Engine
+
+    settings = settings_from(args)
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a port number (0-65535)")
+    if not is_loopback(args.host) and not settings.api_key:
+        note(
+            f"listening on {args.host} without --api-key: anyone who can reach this machine "
+            "can use the model; put it behind a proxy with authentication, or give a key"
+        )
+    checkpoint = load_checkpoint(args.run_dir)
+    checkpoint.model.to(resolve_device(args.device))
+    name = args.run_dir.resolve().name
+    engine = Engine(checkpoint, settings, name)
+    print(f"serving {name} (step {checkpoint.step}) on http://{args.host}:{args.port}/", flush=True)
+    try:
+        uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.close()
+
+
+def settings_from(args: argparse.Namespace) -> ServeSettings:
+    return ServeSettings(
+        slots=args.slots,
+        queue=args.queue,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens,
+        deadline_s=args.deadline_s,
+        max_body_bytes=args.max_body_bytes,
+        api_key=args.api_key or None,
+        cors_origins=tuple(args.cors_origin),
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

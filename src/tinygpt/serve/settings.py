@@ -1,0 +1,30 @@
+"""The server's guards, with their defaults (torch-free: the command line reads them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinygpt.errors import UserError
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """The server's guards; every one has a command-line flag (`tinygpt serve --help`)."""
+
+    slots: int = 2  # requests generating at once
+    queue: int = 8  # requests waiting for a slot; more get 429
+    max_prompt_tokens: int = 2048
+    max_tokens: int = 1024  # the largest max_tokens a request may ask for
+    deadline_s: float = 60.0  # a request's generation ends here, finish_reason "length"
+    max_body_bytes: int = 64 * 1024
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("slots", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.queue < 0:
+            raise UserError("--queue must not be negative")
+        if self.deadline_s <= 0:
+            raise UserError("--deadline must be positive")
