@@ -16,8 +16,9 @@ from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tinygpt.serve import protocol
 from tinygpt.serve.engine import Engine, Event, Plan
@@ -39,15 +40,8 @@ def create_app(engine: Engine) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
 
-    @app.middleware("http")
-    async def check_key(request: Request, call_next):
-        if settings.api_key and request.url.path not in PUBLIC_PATHS:
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {settings.api_key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                message = "a valid API key is needed (Authorization: Bearer KEY)"
-                return error_response(ApiError(401, message, code="invalid_api_key"))
-        return await call_next(request)
+    if settings.api_key:
+        app.add_middleware(KeyGuard, key=settings.api_key)
 
     app.add_exception_handler(ApiError, lambda _, exc: error_response(exc))
     app.add_exception_handler(HTTPException, http_error)
@@ -81,9 +75,28 @@ def create_app(engine: Engine) -> FastAPI:
         plan = engine.plan(completion)
         if completion.stream:
             return await stream(engine, plan, completion.include_usage, request)
-        return await whole(engine, plan, request)
+        return await whole(engine, plan)
 
     return app
+
+
+class KeyGuard:
+    """401 without `Authorization: Bearer KEY`, except on the public paths. A plain ASGI
+    middleware: it hands the request on untouched, so a client leaving is still seen."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                message = "a valid API key is needed (Authorization: Bearer KEY)"
+                error = error_response(ApiError(401, message, code="invalid_api_key"))
+                await error(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def read_body(request: Request, cap: int) -> bytes:
@@ -99,20 +112,37 @@ async def read_body(request: Request, cap: int) -> bytes:
     return bytes(body)
 
 
-async def whole(engine: Engine, plan: Plan, request: Request) -> dict:
-    """Generate every choice, stopping at once if the client leaves while it waits."""
-    future = await engine.start(plan, lambda event: None)
-    while not future.done():
-        await asyncio.wait({future}, timeout=0.2)
-        if not future.done() and await request.is_disconnected():
-            plan.cancel.set()
-    future.result()  # a bug of ours in the worker surfaces here, as a 500
-    request_id = protocol.completion_id()
-    choices = [protocol.choice(c.index, c.text, c.finish_reason) for c in plan.choices]
-    return {
-        **protocol.envelope(request_id, engine.name, choices),
-        "usage": protocol.usage(plan.prompt_tokens, plan.completion_tokens),
-    }
+async def whole(engine: Engine, plan: Plan) -> WholeCompletion:
+    future = await engine.start(plan, lambda event: None)  # a 429 is raised here
+    return WholeCompletion(engine, plan, future)
+
+
+class WholeCompletion(Response):
+    """The response of a request that is not streamed: it waits for every choice while
+    listening for the client to leave, which stops the generation at once."""
+
+    def __init__(self, engine: Engine, plan: Plan, future: asyncio.Future) -> None:
+        super().__init__()
+        self.engine, self.plan, self.future = engine, plan, future
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.plan.cancel.set()
+
+        listener = asyncio.create_task(listen())
+        try:
+            await self.future  # a bug of ours in the worker surfaces here, as a 500
+        finally:
+            listener.cancel()
+        plan, request_id = self.plan, protocol.completion_id()
+        choices = [protocol.choice(c.index, c.text, c.finish_reason) for c in plan.choices]
+        body = {
+            **protocol.envelope(request_id, self.engine.name, choices),
+            "usage": protocol.usage(plan.prompt_tokens, plan.completion_tokens),
+        }
+        await JSONResponse(body)(scope, receive, send)
 
 
 async def stream(

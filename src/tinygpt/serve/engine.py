@@ -11,6 +11,7 @@ generator, the same per-sample seeds (seed + i), the same stop strings and decod
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import threading
 import time
@@ -27,6 +28,8 @@ from tinygpt.generate import StopScanner, encode_prompt, generate
 from tinygpt.serve.protocol import ApiError, CompletionRequest
 from tinygpt.serve.settings import ServeSettings
 from tinygpt.tokenizers import TextDecoder
+
+log = logging.getLogger("tinygpt.serve")
 
 
 @dataclass
@@ -150,10 +153,12 @@ class Engine:
         self.metrics.active += 1
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self.executor, self._work, plan, on_event)
-        future.add_done_callback(lambda _: self._finish(plan))
+        future.add_done_callback(lambda done: self._finish(plan, done))
         return future
 
-    def _finish(self, plan: Plan) -> None:
+    def _finish(self, plan: Plan, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.error("generation failed", exc_info=future.exception())
         self.metrics.active -= 1
         self.metrics.requests_served += 1
         self.metrics.tokens_generated += plan.completion_tokens

@@ -92,7 +92,7 @@ def parse_request(raw: bytes) -> CompletionRequest:
         return CompletionRequest.model_validate(values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        param = str(first["loc"][0]) if first["loc"] else None  # the request's own field
         message = f"{param}: {first['msg']}" if param else first["msg"]
         raise ApiError(400, message, param=param, code=first["type"]) from None
 

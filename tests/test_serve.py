@@ -1,0 +1,301 @@
+"""`tinygpt serve` against a real uvicorn server on 127.0.0.1: the official OpenAI client,
+the stream's shape, exact usage, every error status, slots freed when clients leave, and
+fuzzed request bodies."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from tinygpt.checkpoint import load_checkpoint  # noqa: E402
+from tinygpt.config import SampleConfig  # noqa: E402
+from tinygpt.generate import sample  # noqa: E402
+from tinygpt.serve.app import create_app  # noqa: E402
+from tinygpt.serve.engine import Engine  # noqa: E402
+from tinygpt.serve.settings import ServeSettings  # noqa: E402
+
+MODEL = "short"  # the run directory's name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(run_dir: Path, **guards) -> Iterator[str]:
+    """A real uvicorn server for `run_dir` in a thread; yields its base URL."""
+    engine = Engine(load_checkpoint(run_dir), ServeSettings(**guards), MODEL)
+    port = free_port()
+    config = uvicorn.Config(create_app(engine), host="127.0.0.1", port=port, log_level="error")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not instance.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(run_dir: Path) -> Iterator[str]:
+    with server(run_dir, max_tokens=2_000_000, deadline_s=120) as url:
+        yield url
+
+
+def client(base_url: str, key: str = "none") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
+
+
+def sampled(run_dir: Path, prompt: str, **values) -> list[str]:
+    """What `tinygpt sample` gives: the texts after the prompt."""
+    texts = sample(load_checkpoint(run_dir), prompt, SampleConfig(**values)).texts()
+    return [text[len(prompt) :] for text in texts]
+
+
+def metrics(base_url: str) -> dict[str, int]:
+    return httpx.get(f"{base_url}/metrics").json()
+
+
+def wait_idle(base_url: str, within: float) -> float:
+    """Seconds until no request is generating (fails after `within`)."""
+    start = time.monotonic()
+    while metrics(base_url)["active"]:
+        assert time.monotonic() - start < within, f"still active after {within} s"
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def test_openai_client_gets_the_text_of_tinygpt_sample(base_url: str, run_dir: Path) -> None:
+    api = client(base_url)
+    whole = api.completions.create(model=MODEL, prompt="ROMEO:", max_tokens=60, seed=7)
+    expected = sampled(run_dir, "ROMEO:", max_new_tokens=60, seed=7)[0]
+    assert whole.choices[0].text == expected and whole.choices[0].finish_reason == "length"
+    assert whole.object == "text_completion" and whole.model == MODEL
+    assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (6, 60)
+    assert whole.usage.total_tokens == 66
+    chunks = list(
+        api.completions.create(
+            model=MODEL,
+            prompt="ROMEO:",
+            max_tokens=60,
+            seed=7,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert len(texts) > 1 and "".join(texts) == expected
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 60
+
+
+def test_several_prompts_and_samples_are_choices(base_url: str, run_dir: Path) -> None:
+    response = client(base_url).completions.create(
+        model=MODEL, prompt=["ROMEO:", "JULIET:"], n=2, max_tokens=20, seed=3
+    )
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    romeo = sampled(run_dir, "ROMEO:", max_new_tokens=20, seed=3, num_samples=2)
+    juliet = sampled(run_dir, "JULIET:", max_new_tokens=20, seed=3, num_samples=2)
+    assert [c.text for c in response.choices] == romeo + juliet
+    assert response.usage.prompt_tokens == 6 + 7 and response.usage.completion_tokens == 80
+
+
+def test_stop_strings_end_a_choice(base_url: str, run_dir: Path) -> None:
+    whole = sampled(run_dir, "", max_new_tokens=300, seed=11)[0]
+    stop = whole[40:43]  # three characters it is sure to meet
+    response = client(base_url).completions.create(
+        model=MODEL, prompt="", max_tokens=300, seed=11, stop=[stop, "\u4e2d"]
+    )
+    (choice,) = response.choices
+    assert choice.finish_reason == "stop" and choice.text == whole[: whole.index(stop)]
+    assert response.usage.completion_tokens == whole.index(stop) + len(stop)  # one a character
+
+
+def test_the_stream_ends_with_done(base_url: str) -> None:
+    body = {"prompt": "A", "max_tokens": 5, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    assert all(json.loads(e[6:])["object"] == "text_completion" for e in events[:-1])
+
+
+def test_models_health_and_the_playground(base_url: str) -> None:
+    models = httpx.get(f"{base_url}/v1/models").json()
+    assert models["data"][0]["id"] == MODEL
+    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+    page = httpx.get(f"{base_url}/").text
+    assert "<script>" in page and f"tinygpt playground: {MODEL}" in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+
+
+def assert_openai_error(response: httpx.Response, status: int, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "A", "max_tokens": 5, "temprature": 1}, "temprature"),  # unknown field
+        ({"prompt": "A", "max_tokens": "5"}, "max_tokens"),  # wrong type
+        ({"prompt": "A", "temperature": 7.5}, "temperature"),  # out of range
+        ({"prompt": "A", "n": 0}, "n"),
+        ({"prompt": "床前", "max_tokens": 5}, "prompt"),  # outside the vocabulary
+        ({"prompt": "A" * 3000, "max_tokens": 5}, "prompt"),  # over the prompt cap
+        ({"prompt": "A", "max_tokens": 3_000_000}, "max_tokens"),  # over the max_tokens cap
+        ({"prompt": "A", "stop": [""]}, "stop"),
+        ({"prompt": 5}, "prompt"),
+    ],
+)
+def test_bad_fields_are_400s_in_openai_shape(base_url: str, body: dict, param: str) -> None:
+    response = httpx.post(f"{base_url}/v1/completions", json=body)
+    assert_openai_error(response, 400, param)
+
+
+def test_other_errors_have_their_status(base_url: str) -> None:
+    url = f"{base_url}/v1/completions"
+    assert_openai_error(httpx.post(url, content=b"{not json"), 400)
+    assert_openai_error(httpx.post(url, json=[1, 2]), 400)
+    response = httpx.post(url, json={"model": "gpt-4", "prompt": "A"})
+    assert assert_openai_error(response, 404, "model")["code"] == "model_not_found"
+    big = {"prompt": "A", "padding": "x" * 70_000}
+    assert_openai_error(httpx.post(url, json=big), 413)
+    chunked = httpx.post(url, content=iter([b'{"prompt": "', b"x" * 70_000, b'"}']))
+    assert_openai_error(chunked, 413)  # no Content-Length: counted as it comes
+    assert_openai_error(httpx.get(f"{base_url}/nowhere"), 404)
+
+
+def test_a_key_guards_everything_but_health(run_dir: Path) -> None:
+    with server(run_dir, api_key="s3cret") as url:
+        body = {"prompt": "A", "max_tokens": 3}
+        assert_openai_error(httpx.post(f"{url}/v1/completions", json=body), 401)
+        wrong = {"Authorization": "Bearer nope"}
+        assert_openai_error(httpx.post(f"{url}/v1/completions", json=body, headers=wrong), 401)
+        assert_openai_error(httpx.get(f"{url}/metrics"), 401)
+        assert httpx.get(f"{url}/health").status_code == 200
+        answer = client(url, key="s3cret").completions.create(model=MODEL, prompt="A", max_tokens=3)
+        assert answer.usage.completion_tokens == 3
+
+
+def test_a_full_server_answers_429_with_retry_after(run_dir: Path) -> None:
+    with server(run_dir, slots=1, queue=0, max_tokens=10**7, deadline_s=60) as url:
+        long = {"prompt": "A", "max_tokens": 10**7, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=long) as first:
+            lines = first.iter_lines()  # kept: dropping it would close the stream
+            next(lines)  # generating: the one slot is taken
+            response = httpx.post(f"{url}/v1/completions", json={"prompt": "B"})
+            assert_openai_error(response, 429)
+            assert response.headers["retry-after"] == "1"
+            assert metrics(url)["rejected"] == 1
+            started = time.monotonic()
+            assert httpx.get(f"{url}/health").status_code == 200
+            assert time.monotonic() - started < 0.5  # generation does not block the loop
+        wait_idle(url, within=2)
+
+
+def test_a_streaming_client_that_leaves_frees_its_slot(base_url: str) -> None:
+    body = {"prompt": "A", "max_tokens": 10**6, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+        lines = response.iter_lines()  # kept: dropping it would close the stream
+        next(lines)
+        assert metrics(base_url)["active"] == 1
+    assert wait_idle(base_url, within=1.5) < 1.5  # one token step plus a second
+
+
+def test_a_waiting_client_that_leaves_frees_its_slot(base_url: str) -> None:
+    body = json.dumps({"prompt": "A", "max_tokens": 10**6}).encode()
+    port = int(base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 5
+        while metrics(base_url)["active"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert wait_idle(base_url, within=1.5) < 1.5
+
+
+def test_the_deadline_ends_a_request_with_length(run_dir: Path) -> None:
+    with server(run_dir, max_tokens=10**7, deadline_s=0.5) as url:
+        started = time.monotonic()
+        answer = client(url).completions.create(model=MODEL, prompt="A", max_tokens=10**7)
+        assert time.monotonic() - started < 5
+        assert answer.choices[0].finish_reason == "length"
+        assert 0 < answer.usage.completion_tokens < 10**7
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n", "model"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=st.dictionaries(st.sampled_from([*FIELDS, "stream", "extra"]), JSON_VALUES, max_size=6)
+    | JSON_VALUES
+)
+def test_fuzzed_bodies_never_get_a_500(fuzz_url: str, body) -> None:
+    response = httpx.post(f"{fuzz_url}/v1/completions", json=body, timeout=30)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.fixture(scope="module")
+def fuzz_url(run_dir: Path) -> Iterator[str]:
+    with server(run_dir, max_tokens=50, max_prompt_tokens=200) as url:
+        yield url
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}  # still answering
+
+
+def test_binding_beyond_loopback_without_a_key_warns(run_dir: Path, shakespeare) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "tinygpt", "serve", str(run_dir), "--host", "0.0.0.0"]
+    child = subprocess.Popen(
+        [*command, "--port", str(port)], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stderr.readline()
+        assert "without --api-key" in line and "0.0.0.0" in line
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
