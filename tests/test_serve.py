@@ -299,3 +299,20 @@ def test_binding_beyond_loopback_without_a_key_warns(run_dir: Path, shakespeare)
     finally:
         child.terminate()
         child.wait(timeout=10)
+
+
+def test_cors_is_off_unless_origins_are_given(base_url: str, run_dir: Path) -> None:
+    preflight = {
+        "Origin": "https://example.org",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    response = httpx.options(f"{base_url}/v1/completions", headers=preflight)
+    assert "access-control-allow-origin" not in response.headers
+    with server(run_dir, cors_origins=("https://example.org",)) as url:
+        response = httpx.options(f"{url}/v1/completions", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "https://example.org"
+        other = httpx.options(
+            f"{url}/v1/completions", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers
