@@ -316,3 +316,16 @@ def test_cors_is_off_unless_origins_are_given(base_url: str, run_dir: Path) -> N
             f"{url}/v1/completions", headers={**preflight, "Origin": "https://evil.example"}
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+def test_serve_command_errors_are_one_line(cli, run_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = cli("serve", run_dir, "--port", port)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1
+    code, _, err = cli("serve", run_dir, "--slots", "0")
+    assert code == 2 and "--slots must be at least 1" in err
+    code, _, err = cli("serve", run_dir.parent / "missing", "--port", free_port())
+    assert code == 2 and err.count("\n") == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import socket
 from pathlib import Path
 
 from tinygpt.errors import UserError, note
@@ -63,8 +64,7 @@ def run(args: argparse.Namespace) -> None:
     from tinygpt.serve.engine import Engine
 
     settings = settings_from(args)
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} is not a port number (0-65535)")
+    check_can_listen(args.host, args.port)
     if not is_loopback(args.host) and not settings.api_key:
         note(
             f"listening on {args.host} without --api-key: anyone who can reach this machine "
@@ -79,6 +79,19 @@ def run(args: argparse.Namespace) -> None:
         uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
     finally:
         engine.close()
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Fail with one line, before the model is loaded, where the server could not listen."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port} is not a port number (0-65535)")
+    try:
+        address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(address[0], socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address[4])
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
