@@ -329,3 +329,12 @@ def test_serve_command_errors_are_one_line(cli, run_dir: Path) -> None:
     assert code == 2 and "--slots must be at least 1" in err
     code, _, err = cli("serve", run_dir.parent / "missing", "--port", free_port())
     assert code == 2 and err.count("\n") == 1
+
+
+def test_the_playground_escapes_the_model_name(run_dir: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    engine = Engine(load_checkpoint(run_dir), ServeSettings(), '<script>alert("x")</script>')
+    page = TestClient(create_app(engine)).get("/").text
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)" in page
+    engine.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import html
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -63,7 +64,7 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> str:
         page = resources.files("tinygpt.serve").joinpath("playground.html")
-        return page.read_text(encoding="utf-8").replace("{{MODEL}}", engine.name)
+        return page.read_text(encoding="utf-8").replace("{{MODEL}}", html.escape(engine.name))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -74,7 +75,7 @@ def create_app(engine: Engine) -> FastAPI:
             raise ApiError(404, message, param="model", code="model_not_found")
         plan = engine.plan(completion)
         if completion.stream:
-            return await stream(engine, plan, completion.include_usage, request)
+            return await stream(engine, plan, completion.include_usage)
         return await whole(engine, plan)
 
     return app
@@ -145,9 +146,7 @@ class WholeCompletion(Response):
         await JSONResponse(body)(scope, receive, send)
 
 
-async def stream(
-    engine: Engine, plan: Plan, include_usage: bool, request: Request
-) -> StreamingResponse:
+async def stream(engine: Engine, plan: Plan, include_usage: bool) -> StreamingResponse:
     """Server-sent events: a chunk per piece of text, the last of each choice carrying its
     finish_reason, the usage chunk if asked for, then [DONE]."""
     loop = asyncio.get_running_loop()
