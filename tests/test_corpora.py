@@ -189,7 +189,14 @@ def test_a_killed_preparation_leaves_nothing_that_looks_complete(
     child.wait()
     assert child.returncode == -signal.SIGKILL, "it finished before it could be killed"
     assert not [p for p in prepared.iterdir() if (p / "meta.json").exists()]
-    assert all(p.name.startswith(".tmp-") for p in prepared.iterdir())
+    (left,) = list(prepared.iterdir())
+    assert left.name.startswith(".tmp-")
+    # a later preparation leaves a recent one alone (it may be running) and sweeps an old one
+    data.prepare(DataConfig(dataset=str(corpus), tokenizer="byte"))
+    assert left.exists()
+    os.utime(left, (time.time() - 2 * 24 * 3600,) * 2)
+    data.prepare(DataConfig(dataset=str(corpus), tokenizer="char"))
+    assert not left.exists()
 
 
 PEAK_MEMORY_BOUND_MB = 400  # preparation of any corpus size; 300 MB of text takes ~210 (char)

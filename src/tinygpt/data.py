@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from tinygpt.tokenizers import (
 
 META_FILE = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
+TEMP_PREFIX = ".tmp-"  # a preparation in progress, or one that was killed
+ABANDONED_AFTER_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,8 @@ def _write_prepared(source: Source, config: DataConfig, folder: Path) -> None:
     """Train the tokenizer, encode the corpus into token files and split them, all in a
     temporary folder that becomes `folder` only when every file in it is whole."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(folder.parent, ".tmp-")
+    _remove_abandoned(folder.parent)
+    tmp = temp_dir(folder.parent, TEMP_PREFIX)
     try:
         tokenizer = _train_tokenizer(source, config)
         tokens = TokenFiles.write(source, tokenizer, tmp, config.val_fraction)
@@ -209,6 +213,16 @@ def _write_prepared(source: Source, config: DataConfig, folder: Path) -> None:
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_abandoned(prepared: Path) -> None:
+    """Temporary folders of preparations killed long ago (none takes a day)."""
+    for tmp in prepared.glob(f"{TEMP_PREFIX}*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except FileNotFoundError:  # another process removed it first
+            pass
 
 
 def _train_tokenizer(source: Source, config: DataConfig) -> Tokenizer:
