@@ -24,7 +24,7 @@ import torch
 from tinygpt.checkpoint import Checkpoint
 from tinygpt.config import SampleConfig
 from tinygpt.errors import UserError
-from tinygpt.generate import StopScanner, encode_prompt, generate
+from tinygpt.generate import StopScanner, generate, start_token
 from tinygpt.serve.protocol import ApiError, CompletionRequest
 from tinygpt.serve.settings import ServeSettings
 from tinygpt.tokenizers import TextDecoder
@@ -108,7 +108,8 @@ class Engine:
                     f"{self.settings.max_prompt_tokens}",
                     param="prompt",
                 )
-            prompts.append(encode_prompt(self.tokenizer, text, self.block_size)[0])
+            # as `tinygpt sample` conditions: the start token if empty, the context's end
+            prompts.append(ids[-self.block_size :] if ids else [start_token(self.tokenizer)])
             prompt_tokens += max(len(ids), 1)  # an empty prompt is the start token
         seed = request.seed if request.seed is not None else secrets.randbits(31)
         sampling = SampleConfig(
