@@ -1,4 +1,5 @@
-"""The `tinygpt` command line: data, inspect, trick, train, sample, attention, probs, plot, serve.
+"""The `tinygpt` command line: data, inspect, trick, train, sample, eval, export, import,
+attention, probs, plot, serve.
 
 Every config field is an option (`--section.field VALUE`) generated from the dataclasses, so
 `--help` is always complete. A user's mistake ends in one line on stderr and exit status 2.
@@ -38,6 +39,11 @@ SHORTCUTS = {  # short flag -> (config key, metavar, help)
     "--data": ("data.dataset", "NAME|FILE|FOLDER", "registered corpus, UTF-8 text file or folder"),
     "--steps": ("train.steps", "N", "optimizer steps"),
     "--seed": ("train.seed", "N", "seed for weights, batches and sampling"),
+    "--init-from": (
+        "train.init_from",
+        "RUN_DIR",
+        "fine-tune: start from a run's weights, model and tokenizer (preset: finetune)",
+    ),
 }
 
 
@@ -119,6 +125,8 @@ def build_parser(shown: RunConfig | None = None, shown_as: str = "") -> Parser:
     add_trick_command(commands)
     add_train_command(commands, shown or RunConfig(), shown_as)
     add_sample_command(commands)
+    add_eval_command(commands)
+    add_interop_commands(commands)
     add_viz_commands(commands)
     add_serve_command(commands)
     return parser
@@ -241,6 +249,41 @@ def add_sample_command(commands: Any) -> None:
         r"\n, \t, \r and \\ stand for a newline, a tab, a carriage return, a backslash)",
     )
     sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
+
+
+def add_eval_command(commands: Any) -> None:
+    from tinygpt.evaluate import SPLITS
+
+    evaluate = commands.add_parser(
+        "eval", help="loss, perplexity and bits per byte of a run on a text", allow_abbrev=False
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run or checkpoint")
+    evaluate.add_argument(
+        "--data", metavar="NAME|FILE|FOLDER", help="the text to score (default: the run's corpus)"
+    )
+    evaluate.add_argument(
+        "--split", choices=SPLITS, default="val", help="val, or all of the text (default: val)"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
+    evaluate.add_argument(
+        "--batch-size", type=int, metavar="N", help="windows per forward pass (default: the run's)"
+    )
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, mps or cuda:N")
+
+
+def add_interop_commands(commands: Any) -> None:
+    export = commands.add_parser(
+        "export", help="a run as a Hugging Face transformers model folder", allow_abbrev=False
+    )
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run or checkpoint")
+    export.add_argument("--to", choices=("hf",), required=True, help="the format (hf)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new folder")
+    imports = commands.add_parser(
+        "import", help="a Hugging Face GPT-2-family folder as a run", allow_abbrev=False
+    )
+    imports.add_argument("format", choices=("hf",), help="the format (hf)")
+    imports.add_argument("folder", type=Path, metavar="DIR", help="config.json, weights, tokenizer")
+    imports.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="a new run")
 
 
 def add_serve_command(commands: Any) -> None:
@@ -427,7 +470,7 @@ def default_run_dir(name: str) -> Path:
 
 
 def train_here(args: argparse.Namespace) -> None:
-    from tinygpt.runs import start_or_resume
+    from tinygpt.runs import fine_tune_config, start_or_resume
     from tinygpt.runtime import distributed_from_env, under_torchrun
 
     overrides = config_overrides(args)
@@ -439,10 +482,17 @@ def train_here(args: argparse.Namespace) -> None:
             fail("--resume continues a run with its own config; only --steps may be given")
         start_or_resume(args.resume, steps=steps)
         return
-    preset = args.preset or (None if args.config else default_preset())
+    init_from = overrides.get("train", {}).get("init_from")
+    fallback = "finetune" if init_from else default_preset()
+    preset = args.preset or (None if args.config else fallback)
     config = resolve(preset, args.config, overrides)
+    if config.train.init_from:
+        config = fine_tune_config(config, overrides)
     if distributed_from_env().is_main:
-        print(f"preset: {describe_source(args.preset, args.config)}")
+        source = describe_source(args.preset, args.config)
+        if init_from and args.preset is None and args.config is None:
+            source = "finetune (the default with --init-from; choose another with --preset)"
+        print(f"preset: {source}")
     run_dir = args.out or default_run_dir(preset or args.config.stem)
     start_or_resume(run_dir, config, overwrite=args.overwrite)
 
@@ -534,6 +584,48 @@ def run_probs(args: argparse.Namespace) -> None:
         save_png(rows, args.prompt, args.png)
 
 
+def run_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from tinygpt.checkpoint import load_checkpoint
+    from tinygpt.evaluate import score_checkpoint
+    from tinygpt.runtime import resolve_device
+
+    if args.batch_size is not None and args.batch_size < 1:
+        fail("--batch-size must be at least 1")
+    device = resolve_device(args.device)
+    checkpoint = load_checkpoint(args.run_dir)
+    dataset = args.data or checkpoint.config.data.dataset
+    score = score_checkpoint(
+        checkpoint,
+        dataset,
+        args.split,
+        device=device,
+        batch_size=args.batch_size,
+        progress=not args.json,
+    )
+    if args.json:
+        about = {"checkpoint": str(checkpoint.path), "step": checkpoint.step}
+        print(json.dumps({**about, **score.to_dict()}, indent=1))
+        return
+    print(f"{checkpoint.path} on {dataset}, {args.split} split: {score.tokens:,} tokens")
+    print(score.describe())
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from tinygpt.hf import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"exported to {out}; load it with transformers.AutoModelForCausalLM.from_pretrained")
+
+
+def run_import(args: argparse.Namespace) -> None:
+    from tinygpt.hf import import_folder
+
+    out = import_folder(args.folder, args.out)
+    print(f"imported into {out}; try: tinygpt sample {out}, or tinygpt train --init-from {out}")
+
+
 def run_serve(args: argparse.Namespace) -> None:
     from tinygpt.serve import command
 
@@ -555,6 +647,9 @@ COMMANDS = {
     "trick": run_trick,
     "train": run_train,
     "sample": run_sample,
+    "eval": run_eval,
+    "export": run_export,
+    "import": run_import,
     "serve": run_serve,
     "attention": run_attention,
     "probs": run_probs,

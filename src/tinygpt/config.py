@@ -23,7 +23,7 @@ from tinygpt.tokenizers import tokenizer_kind
 Arch = Literal["bigram", "gpt", "lecture"]
 LectureStep = Literal["head", "multihead", "ffwd", "residual", "layernorm"]
 Norm = Literal["layernorm", "rmsnorm"]
-Activation = Literal["gelu", "relu", "relu2"]
+Activation = Literal["gelu", "gelu_tanh", "relu", "relu2"]  # gelu_tanh: GPT-2's own
 Schedule = Literal["constant", "cosine", "wsd"]
 Optimizer = Literal["adamw", "muon"]
 AutocastDtype = Literal["auto", "float32", "bfloat16"]
@@ -165,6 +165,12 @@ class TrainConfig:
     tensorboard: str = option("", "also log the metrics for TensorBoard in this folder ('': off)")
     reference_val_loss: float = option(
         0.0, "a val loss to compare with, drawn by `tinygpt plot` (the lecture's; 0: none)"
+    )
+    whole_val: bool = option(
+        True, "after the last step, score every val token once (the figure `tinygpt eval` gives)"
+    )
+    init_from: str = option(
+        "", "start from this run's weights, model and tokenizer (fine-tuning; '': from scratch)"
     )
 
     def __post_init__(self) -> None:

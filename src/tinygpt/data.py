@@ -168,37 +168,58 @@ def import_local_copy(corpus: Corpus, source: Path) -> Path:
         return _store_verified(corpus, lambda out: shutil.copyfileobj(copy, out))
 
 
-def prepare(config: DataConfig) -> PreparedData:
-    """Tokenize and split a corpus, reusing an earlier preparation when nothing changed."""
+def prepare(config: DataConfig, tokenizer: Tokenizer | None = None) -> PreparedData:
+    """Tokenize and split a corpus, reusing an earlier preparation when nothing changed.
+
+    With `tokenizer` (a trained model's own) the corpus is encoded with it rather than with
+    a new one: what evaluating or fine-tuning a model on any text needs. The preparation
+    that training made is reused where it holds that very tokenizer.
+    """
     source = resolve_source(config.dataset)
     folder = cache_home() / "prepared" / _prepare_key(source, config)
+    if tokenizer is not None and not _holds(folder, tokenizer):
+        folder = folder.parent / _prepare_key(source, config, tokenizer)
     if not (folder / META_FILE).exists():
-        _write_prepared(source, config, folder)
+        _write_prepared(source, config, folder, tokenizer)
     return _load_prepared(config.dataset, folder)
 
 
-def _prepare_key(source: Source, config: DataConfig) -> str:
+def _holds(folder: Path, tokenizer: Tokenizer) -> bool:
+    """Whether a complete preparation was encoded with this tokenizer."""
+    if not (folder / META_FILE).exists():
+        return False
+    saved = json.loads((folder / TOKENIZER_FILE).read_text(encoding="utf-8"))
+    return saved == _as_json(tokenizer)
+
+
+def _as_json(tokenizer: Tokenizer) -> dict:
+    return json.loads(json.dumps(tokenizer.to_dict()))
+
+
+def _prepare_key(source: Source, config: DataConfig, tokenizer: Tokenizer | None = None) -> str:
+    if tokenizer is None:  # one trained here from the config
+        vocabulary = f"{config.tokenizer}:{config.vocab_size}"
+    else:
+        described = json.dumps(_as_json(tokenizer), sort_keys=True).encode()
+        vocabulary = "given:" + hashlib.sha256(described).hexdigest()
     recipe = ":".join(
         str(part)
-        for part in (
-            PREPARE_FORMAT,
-            source.fingerprint(),
-            config.tokenizer,
-            config.vocab_size,
-            config.val_fraction,
-        )
+        for part in (PREPARE_FORMAT, source.fingerprint(), vocabulary, config.val_fraction)
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:20]
 
 
-def _write_prepared(source: Source, config: DataConfig, folder: Path) -> None:
-    """Train the tokenizer, encode the corpus into token files and split them, all in a
-    temporary folder that becomes `folder` only when every file in it is whole."""
+def _write_prepared(
+    source: Source, config: DataConfig, folder: Path, tokenizer: Tokenizer | None
+) -> None:
+    """Train the tokenizer (unless one is given), encode the corpus into token files and
+    split them, all in a temporary folder that becomes `folder` only when every file in it
+    is whole."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned(folder.parent)
     tmp = temp_dir(folder.parent, TEMP_PREFIX)
     try:
-        tokenizer = _train_tokenizer(source, config)
+        tokenizer = tokenizer or _train_tokenizer(source, config)
         tokens = TokenFiles.write(source, tokenizer, tmp, config.val_fraction)
         save_tokenizer(tokenizer, tmp / TOKENIZER_FILE)
         (tmp / META_FILE).write_text(json.dumps(tokens.meta()))

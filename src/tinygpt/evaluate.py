@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from tinygpt.batches import batch_at, eval_batches
-from tinygpt.runtime import SINGLE_PROCESS, Distributed, all_mean
+from tinygpt.checkpoint import Checkpoint
+from tinygpt.errors import UserError
+from tinygpt.runtime import SINGLE_PROCESS, Distributed, all_mean, autocast_dtype
 
 
 @torch.no_grad()
@@ -45,6 +51,10 @@ def estimate_loss(
     return losses
 
 
+def describe_score(loss: float, bits_per_byte: float) -> str:
+    return f"loss {loss:.4f}, perplexity {math.exp(loss):.2f}, {bits_per_byte:.4f} bits per byte"
+
+
 def bits_per_token(loss: float) -> float:
     """Cross-entropy in nats -> bits."""
     return loss / math.log(2)
@@ -58,23 +68,105 @@ def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
     return bits_per_token(loss) * tokens_per_byte
 
 
+def whole_split_windows(n_tokens: int, block_size: int) -> list[tuple[int, int]]:
+    """(start, length) of the windows that predict every token of a split once: side by side
+    from its start, the last one shorter (targets are tokens 1..n-1; token 0 has no context)."""
+    predicted = n_tokens - 1
+    starts = range(0, predicted, block_size)
+    return [(start, min(block_size, predicted - start)) for start in starts]
+
+
 @torch.no_grad()
 def split_loss(
-    model: nn.Module, data: np.ndarray, block_size: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    data: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    device: torch.device,
+    *,
+    group: Distributed = SINGLE_PROCESS,
+    progress: bool = False,
 ) -> float:
-    """Mean loss over a whole split, every token predicted once (windows side by side).
+    """Mean loss over a whole split, every token predicted once (whole_split_windows).
 
-    Exact where a sampled estimate is noisy: use it to compare runs, not to watch one.
+    Exact where a sampled estimate is noisy: use it to compare runs, not to watch one. In a
+    torchrun group each rank scores every world_size-th batch.
     """
     was_training = model.training
     model.eval()
-    n_windows = (len(data) - 1) // block_size
-    starts = torch.arange(n_windows) * block_size
+    windows = whole_split_windows(len(data), block_size)
+    full = [start for start, length in windows if length == block_size]
+    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+    batches += [[start] for start, length in windows if length < block_size]  # the tail
+    mine = batches[group.rank :: group.world_size]
     total, count = 0.0, 0
-    for i in range(0, n_windows, batch_size):
-        x, y = batch_at(data, starts[i : i + batch_size], block_size)
+    for starts in tqdm(mine, desc="eval", unit="batch", disable=None if progress else True):
+        length = min(block_size, len(data) - 1 - starts[0])
+        x, y = batch_at(data, torch.tensor(starts), length)
         _, loss = model(x.to(device), y.to(device))
         total += loss.item() * y.numel()
         count += y.numel()
     model.train(was_training)
-    return total / count
+    return all_mean(total, group, device) / all_mean(count, group, device)
+
+
+@dataclass
+class Score:
+    """How well a model predicts a text: every token of it, once."""
+
+    dataset: str
+    split: str  # val, or all: train and val, the whole text
+    tokens: int  # in the split (each but the first is predicted once)
+    text_bytes: int
+    loss: float  # mean cross-entropy, nats per token
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.loss)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return bits_per_byte(self.loss, self.tokens / max(self.text_bytes, 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {**values, "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
+
+    def describe(self) -> str:
+        return describe_score(self.loss, self.bits_per_byte)
+
+
+SPLITS = ("val", "all")
+
+
+def score_checkpoint(
+    checkpoint: Checkpoint,
+    dataset: str,
+    split: str,
+    *,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Score:
+    """Score a trained model on a corpus encoded with its own tokenizer (the run's corpus
+    gives the figure its training reported as `whole_val_loss`)."""
+    from tinygpt.data import prepare
+
+    config = checkpoint.config
+    data = prepare(dataclasses.replace(config.data, dataset=dataset), checkpoint.tokenizer)
+    tokens = data.val if split == "val" else np.concatenate((data.train, data.val))
+    text_bytes = data.split_bytes["val"] + (data.split_bytes["train"] if split == "all" else 0)
+    if len(tokens) < 2:
+        raise UserError(f"the {split} split of {dataset} has {len(tokens)} tokens: none to predict")
+    model = checkpoint.model.to(device)
+    dtype = autocast_dtype(config.train.dtype, device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        loss = split_loss(
+            model,
+            tokens,
+            config.model.block_size,
+            batch_size or config.train.batch_size,
+            device,
+            progress=progress,
+        )
+    return Score(dataset, split, len(tokens), text_bytes, loss)

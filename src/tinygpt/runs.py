@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import safetensors.torch
+import torch
 
 from tinygpt.checkpoint import (
     clean_checkpoints,
     find_checkpoint,
     is_complete,
     list_checkpoints,
+    load_checkpoint,
     load_train_state,
     read_meta,
 )
 from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.errors import UserError
+from tinygpt.evaluate import describe_score
 from tinygpt.faults import stop_if_requested
 from tinygpt.generate import stream_text
 from tinygpt.metrics import drop_metrics_after
@@ -35,6 +38,7 @@ from tinygpt.models import count_parameters, parameter_summary
 from tinygpt.plot import plot_losses
 from tinygpt.rundir import RunDir, is_run_dir
 from tinygpt.runtime import barrier, distributed_from_env, restart_count
+from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
 from tinygpt.train import Session, fit, restore_train_state, setup
 
 
@@ -64,8 +68,8 @@ def train(
 
     `until` stops after that many steps (as an interruption would); `resume` goes on.
     """
-    session = setup(config)
     check_run_dir(run_dir, overwrite)
+    session = setup(config, *starting_point(config))
     stop_if_requested()  # a Ctrl-C while torch loaded or the data was prepared: write nothing
     barrier(session.group)  # every rank has looked before rank 0 makes the directory
     if session.group.is_main:
@@ -82,7 +86,7 @@ def restart(
 ) -> dict[str, float]:
     """Start a run that has no complete checkpoint again from step 0, in its own directory,
     keeping what it logged so far apart (RunDir.earlier_metrics)."""
-    session = setup(config)
+    session = setup(config, *starting_point(config))
     stop_if_requested()
     barrier(session.group)
     if session.group.is_main:
@@ -102,6 +106,61 @@ def restart(
         paths.write_config(config)
     barrier(session.group)
     return run(session, run_dir, out, until)
+
+
+FINE_TUNE_MAY_CHANGE = ("dropout", "block_size")  # block_size: only shorter (crop_block_size)
+
+
+def starting_point(config: RunConfig) -> tuple[Tokenizer | None, dict[str, torch.Tensor] | None]:
+    """The tokenizer and weights a new run starts from: its `init_from` run's (with the
+    context cut to the run's block_size), or none (a fresh tokenizer, random weights)."""
+    if not config.train.init_from:
+        return None, None
+    source = load_checkpoint(Path(config.train.init_from))
+    check_same_model(config, source.config, config.train.init_from)
+    model = source.model
+    if config.model.block_size < source.config.model.block_size:
+        if not model.supports_block_crop:
+            raise UserError(f"a {source.config.model.arch} model keeps its block_size")
+        model.crop_block_size(config.model.block_size)
+    return source.tokenizer, model.state_dict()
+
+
+def check_same_model(config: RunConfig, source: RunConfig, where: str) -> None:
+    """A fine-tune's model is the one it starts from, but for FINE_TUNE_MAY_CHANGE."""
+    for name, value in dataclasses.asdict(source.model).items():
+        if name not in FINE_TUNE_MAY_CHANGE and getattr(config.model, name) != value:
+            raise UserError(
+                f"model.{name} is {value!r} in {where}; a fine-tune keeps the model it starts "
+                f"from (it may change {' and '.join(FINE_TUNE_MAY_CHANGE)})"
+            )
+    block, longest = config.model.block_size, source.model.block_size
+    if block > longest:
+        raise UserError(f"model.block_size {block} is longer than {where}'s {longest}")
+
+
+def fine_tune_config(config: RunConfig, given: dict[str, dict[str, Any]]) -> RunConfig:
+    """A run starting from `config.train.init_from`: its model and tokenizer are that run's;
+    of the model, the command line may change only FINE_TUNE_MAY_CHANGE (`given`: the
+    options given there)."""
+    where = config.train.init_from
+    source = RunConfig.from_dict(read_meta(find_checkpoint(Path(where)))["config"])
+    for name in given.get("model", {}):
+        if name not in FINE_TUNE_MAY_CHANGE:
+            raise UserError(
+                f"--model.{name}: the model comes from {where} (a fine-tune may change only "
+                f"{' and '.join(FINE_TUNE_MAY_CHANGE)})"
+            )
+    tokenizer = given.get("data", {}).get("tokenizer", source.data.tokenizer)
+    if tokenizer != source.data.tokenizer:
+        raise UserError(f"--data.tokenizer: {where} reads {source.data.tokenizer} tokens")
+    model = dataclasses.replace(source.model, **given.get("model", {}))
+    data = dataclasses.replace(
+        config.data, tokenizer=source.data.tokenizer, vocab_size=source.data.vocab_size
+    )
+    fine_tune = dataclasses.replace(config, model=model, data=data)
+    check_same_model(fine_tune, source, where)
+    return fine_tune
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -137,7 +196,7 @@ def resume(
         raise UserError(
             f"{run_dir} already finished {meta['step']} steps; pass --steps N to train further"
         )
-    session = setup(config)
+    session = setup(config, tokenizer_from_dict(meta["tokenizer"]))
     stop_if_requested()
     safetensors.torch.load_model(session.model, str(folder / "model.safetensors"))
     restore_train_state(session, load_train_state(folder))
@@ -231,6 +290,9 @@ def start_or_resume(
             f"final: train loss {final['train_loss']:.4f}, val loss {final['val_loss']:.4f}"
             + (f" ({final['val_bpb']:.4f} bits per byte)" if "val_bpb" in final else "")
         )
+        if "whole_val_loss" in final:
+            score = describe_score(final["whole_val_loss"], final["whole_val_bpb"])
+            print(f"whole val split: {score}")
         print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
         print_best_if_earlier(run_dir, final["val_loss"])
 

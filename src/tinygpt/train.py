@@ -26,7 +26,7 @@ from tinygpt.checkpoint import prune_checkpoints, save_checkpoint, step_folder
 from tinygpt.config import RunConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
-from tinygpt.evaluate import bits_per_byte, estimate_loss
+from tinygpt.evaluate import bits_per_byte, estimate_loss, split_loss
 from tinygpt.faults import crash, planned_fault, stop_request
 from tinygpt.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.models import build_model
@@ -46,6 +46,7 @@ from tinygpt.runtime import (
     seed_everything,
     set_rng_states,
 )
+from tinygpt.tokenizers import Tokenizer
 
 
 @dataclass
@@ -67,17 +68,29 @@ class Session:
     elapsed_s: float = 0.0  # training time before this process (resumed runs)
 
 
-def setup(config: RunConfig) -> Session:
-    """Prepare the data and build the model and optimizer for a config."""
+def setup(
+    config: RunConfig,
+    tokenizer: Tokenizer | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Session:
+    """Prepare the data and build the model and optimizer for a config.
+
+    A run that goes on from trained weights (a resumed or a fine-tuned one) gives their
+    tokenizer, which encodes the corpus instead of a new one, and a fine-tune its starting
+    `weights`.
+    """
     if config.train.tensorboard:
         require_tensorboard()  # a missing extra fails before any work is done
-    data = prepare(config.data)
+    data = prepare(config.data, tokenizer)
     check_length(data.train, config.model.block_size, "train")
     check_length(data.val, config.model.block_size, "val")
     group = distributed_from_env()
     device = init_distributed(group, resolve_device(config.train.device))
     seed_everything(config.train.seed)
-    model = build_model(config.model, data.tokenizer.vocab_size).to(device)
+    model = build_model(config.model, data.tokenizer.vocab_size)
+    if weights is not None:
+        model.load_state_dict(weights)
+    model = model.to(device)
     forward = torch.compile(model) if config.train.compile else model
     if group.enabled:  # averages gradients over the group; starts from rank 0's weights
         forward = DistributedDataParallel(
@@ -127,6 +140,31 @@ def autocast(session: Session) -> contextlib.AbstractContextManager:
 
 
 def evaluate(session: Session) -> dict[str, float]:
+    """The periodic estimate on fixed batches; after the last step also the whole val split."""
+    metrics = estimate(session)
+    cfg = session.config
+    if cfg.train.whole_val and session.step == cfg.train.steps:
+        metrics.update(score_whole_val(session))
+    return metrics
+
+
+def score_whole_val(session: Session) -> dict[str, float]:
+    """Every val token predicted once: `whole_val_loss` and `whole_val_bpb`."""
+    cfg = session.config
+    with autocast(session):
+        loss = split_loss(
+            session.model,
+            session.data.val,
+            cfg.model.block_size,
+            cfg.train.batch_size,
+            session.device,
+            group=session.group,
+        )
+    bpb = bits_per_byte(loss, session.data.tokens_per_byte("val"))
+    return {"whole_val_loss": loss, "whole_val_bpb": bpb}
+
+
+def estimate(session: Session) -> dict[str, float]:
     cfg = session.config
     splits = {"train": session.data.train, "val": session.data.val}
     with autocast(session):

@@ -12,6 +12,7 @@ class BigramLanguageModel(nn.Module):
 
     supports_kv_cache = False  # it reads one token: there is nothing to cache
     supports_attention_maps = False  # no attention: each token sees only itself
+    supports_block_crop = False  # a fine-tune keeps its block_size
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()

@@ -139,6 +139,8 @@ class MLP(nn.Module):
         h = self.c_fc(x)  # (B, T, 4C)
         if self.activation == "gelu":
             h = F.gelu(h)
+        elif self.activation == "gelu_tanh":  # the approximation GPT-2 was trained with
+            h = F.gelu(h, approximate="tanh")
         elif self.activation == "relu":
             h = F.relu(h)
         else:  # relu2: sparse and cheap, works well in speedruns
@@ -188,6 +190,7 @@ class GPT(nn.Module):
 
     supports_kv_cache = True
     supports_attention_maps = True  # attention_weights()
+    supports_block_crop = True  # crop_block_size()
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
@@ -217,6 +220,20 @@ class GPT(nn.Module):
             for name, param in self.named_parameters():
                 if name.endswith("c_proj.weight") or name == "lm_head.weight":
                     nn.init.zeros_(param)  # a tied head is the embedding: not listed here
+
+    def crop_block_size(self, block_size: int) -> None:
+        """Keep the first `block_size` positions (fine-tuning GPT-2's 1,024 with a shorter
+        context): the position table, or the rotary tables, are cut; nothing else depends
+        on the context length."""
+        if not 1 <= block_size <= self.config.block_size:
+            raise ValueError(f"block_size {block_size} is not in 1..{self.config.block_size}")
+        self.config = dataclasses.replace(self.config, block_size=block_size)
+        if self.wpe is not None:
+            self.wpe.weight = nn.Parameter(self.wpe.weight[:block_size].detach().clone())
+            self.wpe.num_embeddings = block_size
+        else:
+            self.rotary_cos = self.rotary_cos[:block_size]
+            self.rotary_sin = self.rotary_sin[:block_size]
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The 2-D weights inside the blocks, which Muon trains (not embeddings, not the head)."""

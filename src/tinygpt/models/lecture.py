@@ -113,6 +113,7 @@ class LectureLanguageModel(nn.Module):
 
     supports_kv_cache = False  # the lecture recomputes the whole window for every token
     supports_attention_maps = True  # attention_weights()
+    supports_block_crop = False  # a fine-tune keeps its block_size
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()

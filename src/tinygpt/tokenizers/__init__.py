@@ -82,6 +82,12 @@ class Tokenizer(ABC):
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         """The UTF-8 bytes that the tokens stand for (a special token: its name)."""
 
+    def to_huggingface(self) -> Any:
+        """The same tokenizer as a Hugging Face `tokenizers.Tokenizer` (same ids, same text),
+        which `transformers` loads as a fast tokenizer: what an exported model carries. The
+        kinds that ship with tinygpt all have one; another kind may not."""
+        raise UserError(f"the {self.kind} tokenizer has no Hugging Face form to export")
+
     @classmethod
     def from_text(cls, text: str, options: TrainOptions | None = None) -> Tokenizer:
         """A tokenizer trained on one text held in memory."""

@@ -118,6 +118,9 @@ class BpeTokenizer(Tokenizer):
         table = self._token_bytes
         return b"".join(table[i] for i in ids)
 
+    def to_huggingface(self) -> Any:
+        return type(self.hf).from_str(self.hf.to_str())  # a copy: it is one already
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "tokenizer": json.loads(self.hf.to_str())}
 

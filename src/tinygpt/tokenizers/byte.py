@@ -37,6 +37,19 @@ class ByteTokenizer(Tokenizer):
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return bytes(ids)
 
+    def to_huggingface(self) -> Any:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+
+        from tinygpt.tokenizers.bpe import byte_to_symbol
+
+        # byte-level BPE with no merges: every byte a token, id = its value
+        vocab = {symbol: b for b, symbol in byte_to_symbol().items()}
+        hf = HFTokenizer(models.BPE(vocab, merges=[]))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        hf.decoder = decoders.ByteLevel()
+        return hf
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind}
 

@@ -86,6 +86,16 @@ class CharTokenizer(Tokenizer):
             f"vocabulary of {self.vocab_size} characters"
         )
 
+    def to_huggingface(self) -> Any:
+        from tokenizers import Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        hf = HFTokenizer(models.WordLevel(self.stoi, unk_token=None))
+        # every character a word of its own; "." would not match a newline
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        hf.decoder = decoders.Fuse()  # the characters side by side, no spaces between
+        return hf
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "chars": "".join(self.itos)}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import os
 import shutil
 from collections.abc import Iterable, Sequence
@@ -88,10 +89,11 @@ class Gpt2Tokenizer(Tokenizer):
     def __init__(self, ranks_path: Path) -> None:
         import tiktoken
 
+        self.ranks = read_ranks(ranks_path)
         self.encoding = tiktoken.Encoding(
             name="gpt2",
             pat_str=SPLIT_PATTERN,
-            mergeable_ranks=read_ranks(ranks_path),
+            mergeable_ranks=self.ranks,
             special_tokens={END_OF_TEXT: EOT_ID},
         )
 
@@ -120,6 +122,27 @@ class Gpt2Tokenizer(Tokenizer):
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return self.encoding.decode_bytes(list(ids))
 
+    def to_huggingface(self) -> Any:
+        """GPT-2's tokenizer as `transformers` ships it: byte-level BPE, vocabulary and
+        merges (which the ranks imply), `<|endoftext|>` = 50256."""
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        from tinygpt.tokenizers.bpe import byte_to_symbol
+
+        symbols = byte_to_symbol()
+
+        def word(token: bytes) -> str:
+            return "".join(symbols[b] for b in token)
+
+        vocab = {word(token): rank for token, rank in self.ranks.items()}
+        merges = [(word(left), word(right)) for left, right in merges_of(self.ranks)]
+        hf = HFTokenizer(models.BPE(vocab, merges))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's pattern
+        hf.decoder = decoders.ByteLevel()
+        hf.add_special_tokens([AddedToken(END_OF_TEXT, special=True, normalized=False)])
+        return hf
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "ranks_sha256": RANKS_SHA256}
 
@@ -128,3 +151,28 @@ class Gpt2Tokenizer(Tokenizer):
         if values.get("ranks_sha256") != RANKS_SHA256:
             raise ValueError("a gpt2 tokenizer's JSON names GPT-2's ranks file by its sha256")
         return cls(find_ranks())
+
+
+def merges_of(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge list that rank-ordered BPE implies: a token of rank r is the pair that
+    merging its bytes with the tokens ranked below r leaves (merge-list BPE, as
+    `tokenizers` runs it, then gives the same ids as tiktoken)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        if len(token) > 1:
+            left, right = _merge_below(token, rank, ranks)
+            merges.append((left, right))
+    return merges
+
+
+def _merge_below(token: bytes, rank: int, ranks: dict[bytes, int]) -> list[bytes]:
+    parts = [token[i : i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+        best, i = min(pairs)
+        if best >= rank:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"token {token!r} is not one merge of two lower-ranked tokens")
+    return parts

@@ -1,0 +1,318 @@
+"""Hugging Face interop: a run leaves as a `transformers` GPT-2 folder, and a GPT-2-family
+folder comes in as a run (extra `hf`: `pip install 'tinygpt[hf]'`).
+
+tinygpt's GPT keeps GPT-2's module names, so the mapping is by name, with two differences:
+GPT-2 calls the blocks `transformer.h` and stores its projections as Conv1D, whose weights
+are the transpose of a Linear's. A run without biases exports zeros where GPT-2 has them
+(the same function). A switch GPT-2 has no equivalent for (rotary, RMSNorm, ...) stops the
+export with one line naming it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinygpt.checkpoint import load_checkpoint, save_checkpoint, step_folder
+from tinygpt.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tinygpt.errors import UserError
+from tinygpt.files import temp_dir, temp_file
+from tinygpt.models import build_model
+from tinygpt.rundir import RunDir
+from tinygpt.runs import check_run_dir
+from tinygpt.tokenizers import END_OF_TEXT, Gpt2Tokenizer, Tokenizer
+from tinygpt.tokenizers.bpe import byte_to_symbol
+from tinygpt.tokenizers.gpt2 import RANKS_SHA256, cached_ranks_path, find_ranks, install_ranks
+
+# GPT-2's MLP activation names <-> tinygpt's (gelu_new is the tanh approximation)
+ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+ACTIVATIONS_IN |= {"relu": "relu", "relu2": "relu2"}
+ACTIVATIONS_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "relu2": "relu2"}
+LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default, which tinygpt's GPT uses
+CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # stored (in, out)
+
+# the switches of a GPT that GPT-2 has no equivalent for, and why
+UNMAPPABLE = {
+    "rotary": "GPT-2 learns a position table",
+    "norm": "GPT-2 normalises with LayerNorm",
+    "qk_norm": "GPT-2 does not normalise queries and keys",
+    "embed_skip": "GPT-2's blocks read only the residual stream",
+    "value_embeds": "GPT-2 has no per-block value embeddings",
+    "logit_softcap": "GPT-2 does not cap its logits",
+}
+
+
+def require_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            "Hugging Face interop needs transformers: pip install 'tinygpt[hf]'"
+        ) from None
+    transformers.logging.set_verbosity_error()  # its notes on generation defaults: not ours
+    return transformers
+
+
+# ---------------------------------------------------------------- export
+
+
+def gpt2_config(model: ModelConfig, tokenizer: Tokenizer) -> Any:
+    """transformers' GPT2Config for a tinygpt GPT, or one line naming what does not map."""
+    transformers = require_transformers()
+    if model.arch != "gpt":
+        raise UserError(f"only GPT models export to transformers (this one is {model.arch})")
+    defaults = ModelConfig()
+    unmappable = [
+        f"model.{name} = {getattr(model, name)!r} ({why})"
+        for name, why in UNMAPPABLE.items()
+        if getattr(model, name) != getattr(defaults, name)
+    ]
+    if unmappable:
+        raise UserError(
+            f"cannot export to transformers' GPT-2: {'; '.join(unmappable)}; GPT-2-shaped runs "
+            "export (learned positions, LayerNorm, gelu/relu/relu2, biases or none, tied or not)"
+        )
+    eot = tokenizer.eot_id
+    return transformers.GPT2Config(
+        vocab_size=tokenizer.vocab_size,
+        n_positions=model.block_size,
+        n_embd=model.n_embd,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_inner=4 * model.n_embd,
+        activation_function=ACTIVATIONS_OUT[model.activation],
+        resid_pdrop=model.dropout,
+        embd_pdrop=model.dropout,
+        attn_pdrop=model.dropout,
+        layer_norm_epsilon=LAYER_NORM_EPS,
+        tie_word_embeddings=model.tie_weights,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+
+
+def to_gpt2_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A tinygpt GPT's weights under GPT-2's names and layouts; zeros for absent biases."""
+    weights = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Embedding | nn.Linear | nn.LayerNorm):
+            continue
+        target = "lm_head" if name == "lm_head" else "transformer." + gpt2_name(name)
+        weight = module.weight.detach()
+        weights[f"{target}.weight"] = weight.t() if name.endswith(CONV1D) else weight
+        if name != "lm_head" and not isinstance(module, nn.Embedding):  # GPT-2 has a bias
+            bias = module.bias if module.bias is not None else torch.zeros(weight.size(0))
+            weights[f"{target}.bias"] = bias.detach()
+    return {name: tensor.contiguous().float() for name, tensor in weights.items()}
+
+
+def gpt2_name(name: str) -> str:
+    """tinygpt's module name -> GPT-2's: `blocks.3.attn.c_attn` -> `h.3.attn.c_attn`."""
+    return "h." + name.removeprefix("blocks.") if name.startswith("blocks.") else name
+
+
+def export_run(run_dir: Path, out: Path) -> Path:
+    """Write a run's newest checkpoint as a folder that `transformers` loads offline:
+    config.json, model.safetensors, generation_config.json and the tokenizer."""
+    transformers = require_transformers()
+    _check_empty(out, "export")
+    checkpoint = load_checkpoint(run_dir)
+    config = gpt2_config(checkpoint.config.model, checkpoint.tokenizer)
+    model = transformers.GPT2LMHeadModel(config)
+    model.load_state_dict(to_gpt2_weights(checkpoint.model), strict=True)
+    model.generation_config = generation_config(transformers, config)
+    tokenizer = hf_tokenizer(transformers, checkpoint.tokenizer, config.n_positions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(out.parent, f".{out.name}.tmp-")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def generation_config(transformers: Any, config: Any) -> Any:
+    """`tinygpt sample`'s defaults: temperature 1, no top-k, at most the context."""
+    return transformers.GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        max_length=config.n_positions,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+    )
+
+
+def hf_tokenizer(transformers: Any, tokenizer: Tokenizer, max_length: int) -> Any:
+    special = {}
+    if tokenizer.eot_id is not None:  # documents begin and end with it
+        special = {"eos_token": END_OF_TEXT, "bos_token": END_OF_TEXT}
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.to_huggingface(),
+        model_max_length=max_length,
+        clean_up_tokenization_spaces=False,
+        **special,
+    )
+
+
+def _check_empty(out: Path, what: str) -> None:
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UserError(f"{out} exists and is not an empty folder; {what} into a new one")
+
+
+# ---------------------------------------------------------------- import
+
+
+def model_config_from(hf_config: Any) -> ModelConfig:
+    """tinygpt's ModelConfig for a GPT-2-family config, or one line on what does not map."""
+    if hf_config.model_type != "gpt2":
+        raise UserError(
+            f"model type {hf_config.model_type!r} is not GPT-2's; tinygpt imports the GPT-2 "
+            "family (model_type gpt2)"
+        )
+    activation = ACTIVATIONS_IN.get(hf_config.activation_function)
+    inner = hf_config.n_inner or 4 * hf_config.n_embd
+    problems = {
+        f"activation {hf_config.activation_function!r}": activation is None,
+        f"an MLP {inner} wide (tinygpt's is 4 x n_embd)": inner != 4 * hf_config.n_embd,
+        f"layer_norm_epsilon {hf_config.layer_norm_epsilon}": (
+            abs(hf_config.layer_norm_epsilon - LAYER_NORM_EPS) > 1e-12
+        ),
+        "unscaled attention": not hf_config.scale_attn_weights,
+        "attention scaled by layer": hf_config.scale_attn_by_inverse_layer_idx,
+        "cross-attention": hf_config.add_cross_attention,
+    }
+    found = [what for what, present in problems.items() if present]
+    if found:
+        raise UserError(f"cannot import this GPT-2 variant: {', '.join(found)}")
+    return ModelConfig(
+        arch="gpt",
+        block_size=hf_config.n_positions,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+        bias=True,
+        tie_weights=bool(hf_config.tie_word_embeddings),
+        activation=activation,
+    )
+
+
+def from_gpt2_weights(weights: dict[str, torch.Tensor], model: nn.Module) -> dict[str, Any]:
+    """GPT-2's weights under tinygpt's names and layouts (what `model` loads)."""
+    mine = {}
+    for name in model.state_dict():
+        module = name.rsplit(".", 1)[0]
+        source = "lm_head.weight" if module == "lm_head" else "transformer." + gpt2_name(name)
+        if source not in weights and module == "lm_head":  # tied, saved once
+            source = "transformer.wte.weight"
+        tensor = weights[source].float()
+        is_conv1d = module.endswith(CONV1D) and name.endswith(".weight")
+        mine[name] = tensor.t().contiguous() if is_conv1d else tensor
+    return mine
+
+
+def import_folder(folder: Path, out: Path) -> Path:
+    """A GPT-2-family checkpoint folder (config.json and weights, GPT-2's tokenizer) as a
+    tinygpt run directory at step 0, which sample, eval and `train --init-from` accept."""
+    transformers = require_transformers()
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder (it has no config.json)")
+    check_run_dir(out, overwrite=False)
+    hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    model_config = model_config_from(hf_config)
+    tokenizer = gpt2_tokenizer_of(folder)
+    if tokenizer.vocab_size != hf_config.vocab_size:
+        raise UserError(
+            f"{folder}: the model has {hf_config.vocab_size} tokens, GPT-2's tokenizer "
+            f"{tokenizer.vocab_size}"
+        )
+    hf_model = transformers.GPT2LMHeadModel.from_pretrained(
+        folder, local_files_only=True, dtype=torch.float32
+    )
+    model = build_model(model_config, tokenizer.vocab_size)
+    model.load_state_dict(from_gpt2_weights(hf_model.state_dict(), model))
+    config = RunConfig(
+        data=DataConfig(tokenizer="gpt2"), model=model_config, train=TrainConfig(steps=1)
+    )
+    _write_run(out, config, tokenizer, model)
+    return out
+
+
+def _write_run(out: Path, config: RunConfig, tokenizer: Tokenizer, model: nn.Module) -> None:
+    """A run directory holding one checkpoint, step 0, made whole before it gets its name."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(out.parent, f".{out.name}.tmp-")
+    try:
+        run = RunDir(tmp)
+        run.write_config(config)
+        run.write_tokenizer(tokenizer)
+        about = {"step": 0, "config": config, "tokenizer": tokenizer, "metrics": {}}
+        save_checkpoint(step_folder(tmp, 0), model, **about)
+        if out.exists():
+            out.rmdir()  # an empty folder (check_run_dir)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def gpt2_tokenizer_of(folder: Path) -> Tokenizer:
+    """GPT-2's tokenizer, after checking that the folder's vocabulary is GPT-2's own (its
+    ranks are then kept in the cache, as `--data.tokenizer_file` would). A folder without
+    a tokenizer uses the ranks already in the cache."""
+    vocab = _vocabulary(folder)
+    if vocab is None:
+        return Gpt2Tokenizer(find_ranks())
+    symbol_to_byte = {s: b for b, s in byte_to_symbol().items()}
+    lines = []
+    for token, rank in sorted(vocab.items(), key=lambda item: item[1]):
+        if token == END_OF_TEXT:
+            continue
+        try:
+            token_bytes = bytes(symbol_to_byte[s] for s in token)
+        except KeyError:
+            raise _not_gpt2(folder) from None
+        lines.append(base64.b64encode(token_bytes) + b" " + str(rank).encode())
+    ranks = b"\n".join(lines) + b"\n"
+    if hashlib.sha256(ranks).hexdigest() != RANKS_SHA256:
+        raise _not_gpt2(folder)
+    dest = cached_ranks_path()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_file(dest.parent, ".incoming-")
+    try:
+        tmp.write_bytes(ranks)
+        return Gpt2Tokenizer(install_ranks(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _vocabulary(folder: Path) -> dict[str, int] | None:
+    """The folder's token -> id table: tokenizer.json's, or vocab.json (None: neither)."""
+    try:
+        if (folder / "tokenizer.json").is_file():
+            described = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+            vocab = described["model"]["vocab"]
+            added = {t["content"]: t["id"] for t in described.get("added_tokens", [])}
+            return {**vocab, **added}
+        if (folder / "vocab.json").is_file():
+            return json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read the tokenizer in {folder}: {exc}") from None
+    return None
+
+
+def _not_gpt2(folder: Path) -> UserError:
+    return UserError(
+        f"the tokenizer in {folder} is not GPT-2's vocabulary; tinygpt imports GPT-2's "
+        "tokenizer only (remove it to use GPT-2's ranks from the cache)"
+    )

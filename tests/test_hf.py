@@ -1,0 +1,306 @@
+"""Hugging Face interop: export to transformers, import from it, fine-tune, and `eval`.
+
+Equality is checked against transformers itself: its logits on a batch to 1e-5 in float32,
+its greedy `generate` token for token, its tokenizer id for id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinygpt.checkpoint import load_checkpoint, read_meta
+from tinygpt.config import RunConfig, SampleConfig
+from tinygpt.evaluate import whole_split_windows
+from tinygpt.generate import generate
+from tinygpt.runs import train
+from tinygpt.tokenizers import Gpt2Tokenizer
+
+transformers = pytest.importorskip("transformers")
+
+TEXT_CHARS = 30_000  # of tiny shakespeare: a corpus that trains in a second
+
+
+@pytest.fixture
+def small_corpus(shakespeare_path: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "small.txt"
+    path.write_text(shakespeare_path.read_text(encoding="utf-8")[:TEXT_CHARS], encoding="utf-8")
+    return path
+
+
+def tiny_run(corpus: Path, run_dir: Path, tokenizer: str = "char", **model: object) -> Path:
+    config = RunConfig.from_dict(
+        {
+            "data": {"dataset": str(corpus), "tokenizer": tokenizer, "vocab_size": 300},
+            "model": {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32, **model},
+            "optim": {"lr": 3e-3, "warmup_steps": 0},
+            "train": {"steps": 12, "batch_size": 8, "eval_interval": 12, "eval_batches": 2},
+        }
+    )
+    train(config, run_dir)
+    return run_dir
+
+
+def batch_of(ids: list[int], rows: int = 3, length: int = 32) -> torch.Tensor:
+    return torch.tensor([ids[i * 7 : i * 7 + length] for i in range(rows)])
+
+
+def greedy(model: torch.nn.Module, prompt: torch.Tensor, block_size: int, n: int) -> list[int]:
+    sampling = SampleConfig(max_new_tokens=n, temperature=0)
+    return [int(t) for t in torch.cat(list(generate(model, prompt, block_size, sampling)))]
+
+
+def up_to_end(tokens: list[int], eot: int | None) -> list[int]:
+    """transformers stops at end-of-text; tinygpt's sampler goes on."""
+    return tokens[: tokens.index(eot) + 1] if eot in tokens else tokens
+
+
+EXPORTABLE = [  # (tokenizer, model switches): tied and untied, with and without biases
+    ("char", {"tie_weights": True, "bias": True}),
+    ("char", {"tie_weights": False, "bias": False, "activation": "relu2"}),
+    ("bpe", {"tie_weights": True, "bias": False, "activation": "gelu_tanh"}),
+    ("bpe", {"tie_weights": False, "bias": True, "zero_init": True}),
+    ("byte", {"activation": "relu", "dropout": 0.1}),
+]
+
+
+@pytest.mark.parametrize(("kind", "switches"), EXPORTABLE)
+def test_export_matches_transformers(
+    kind: str, switches: dict, small_corpus: Path, tmp_path: Path, cli
+) -> None:
+    run = tiny_run(small_corpus, tmp_path / "run", kind, **switches)
+    code, _, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
+    assert code == 0, err
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    ours = load_checkpoint(run)
+    assert type(model).__name__ == "GPT2LMHeadModel"
+
+    text = small_corpus.read_text(encoding="utf-8")[-2000:]
+    ids = ours.tokenizer.encode(text)
+    assert hf_tokenizer(text)["input_ids"] == ids
+    assert hf_tokenizer.decode(ids) == text
+
+    batch = batch_of(ids)
+    with torch.no_grad():
+        expected = model(batch).logits
+        logits, _ = ours.model.eval()(batch)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+    prompt = batch[:1, :8]
+    theirs = model.generate(prompt, max_new_tokens=20, do_sample=False)[0, 8:].tolist()
+    mine = greedy(ours.model, prompt, 32, 20)
+    assert theirs == up_to_end(mine, ours.tokenizer.eot_id)
+
+
+@pytest.mark.parametrize(
+    ("switches", "named"),
+    [
+        ({"rotary": True}, "model.rotary"),
+        ({"norm": "rmsnorm", "qk_norm": True}, "model.norm = 'rmsnorm'"),
+        ({"value_embeds": True, "logit_softcap": 15.0}, "model.logit_softcap"),
+    ],
+)
+def test_export_refuses_what_gpt2_cannot_hold(
+    switches: dict, named: str, small_corpus: Path, tmp_path: Path, cli
+) -> None:
+    run = tiny_run(small_corpus, tmp_path / "run", **switches)
+    code, _, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
+    assert code == 2
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "hf").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]
+
+
+def test_export_refuses_a_bigram(small_corpus: Path, tmp_path: Path, cli) -> None:
+    run = tiny_run(small_corpus, tmp_path / "run", arch="bigram")
+    code, _, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
+    assert code == 2 and "only GPT models" in err
+
+
+def gpt2_shaped_folder(folder: Path, ranks: Path, **config: object) -> torch.nn.Module:
+    """A GPT-2-family model as transformers makes it: random weights, two small layers,
+    GPT-2's vocabulary and tokenizer, saved with save_pretrained."""
+    torch.manual_seed(0)
+    settings = {"n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4, **config}
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**settings))
+    with torch.no_grad():  # biases and norms away from their 0 and 1 starts
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or ".ln_" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    model.save_pretrained(folder)
+    hf_tokenizer = Gpt2Tokenizer(ranks).to_huggingface()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=hf_tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>"
+    )
+    fast.save_pretrained(folder)
+    return model.eval()
+
+
+def test_import_gpt2_family_then_sample_and_fine_tune(
+    gpt2_ranks: Path, small_corpus: Path, tmp_path: Path, cli
+) -> None:
+    hf_model = gpt2_shaped_folder(tmp_path / "gpt2-tiny", gpt2_ranks)
+    code, out, err = cli("import", "hf", tmp_path / "gpt2-tiny", "--out", tmp_path / "run")
+    assert code == 0, err
+    ours = load_checkpoint(tmp_path / "run")
+    assert ours.tokenizer.kind == "gpt2" and ours.config.model.activation == "gelu_tanh"
+
+    ids = ours.tokenizer.encode(small_corpus.read_text(encoding="utf-8")[:3000])
+    batch = batch_of(ids, length=64)
+    with torch.no_grad():
+        expected = hf_model(batch).logits
+        logits, _ = ours.model.eval()(batch)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    prompt = batch[:1, :10]
+    theirs = hf_model.generate(prompt, max_new_tokens=15, do_sample=False)[0, 10:].tolist()
+    assert theirs == up_to_end(greedy(ours.model, prompt, 64, 15), 50256)
+
+    code, out, err = cli("sample", tmp_path / "run", "--prompt", "ROMEO:", "--max-new-tokens", 8)
+    assert code == 0 and out.startswith("ROMEO:"), err
+
+    code, out, err = cli(
+        "train",
+        "--init-from",
+        tmp_path / "run",
+        "--data",
+        small_corpus,
+        "--steps",
+        12,
+        "--model.block_size",
+        32,  # cropped from the folder's 64
+        "--optim.lr",
+        3e-3,
+        "--optim.min_lr",
+        3e-3,
+        "--train.eval_interval",
+        6,
+        "--out",
+        tmp_path / "fine",
+    )
+    assert code == 0, err
+    assert "preset: finetune" in out
+    losses = [
+        json.loads(line)["val_loss"]
+        for line in (tmp_path / "fine" / "metrics.jsonl").read_text().splitlines()
+        if "val_loss" in line
+    ]
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
+    tuned = load_checkpoint(tmp_path / "fine")
+    assert tuned.config.model.block_size == 32 and tuned.tokenizer.kind == "gpt2"
+    assert tuned.config.model.n_layer == 2 and tuned.config.train.init_from
+
+    # and back out: the fine-tuned model exports, with GPT-2's own tokenizer
+    code, _, err = cli("export", tmp_path / "fine", "--to", "hf", "--out", tmp_path / "back")
+    assert code == 0, err
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").eval()
+    back_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert back_tokenizer("Hello world")["input_ids"] == [15496, 995]  # GPT-2's known ids
+    text = small_corpus.read_text(encoding="utf-8")[:3000]
+    assert back_tokenizer(text)["input_ids"] == ours.tokenizer.encode(text)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            tuned.model.eval()(batch[:, :32])[0], again(batch[:, :32]).logits, atol=1e-5, rtol=1e-5
+        )
+
+
+def test_fine_tune_keeps_the_model_it_starts_from(small_corpus: Path, tmp_path: Path, cli) -> None:
+    run = tiny_run(small_corpus, tmp_path / "run")
+    for option, value, message in (
+        ("--model.n_layer", 4, "the model comes from"),
+        ("--model.block_size", 64, "longer than"),
+        ("--data.tokenizer", "byte", "reads char tokens"),
+    ):
+        code, _, err = cli(
+            "train", "--init-from", run, "--data", small_corpus, option, value, "--out", "x"
+        )
+        assert code == 2 and message in err, err
+        assert not Path("x").exists()
+
+
+def test_import_refuses_what_it_cannot_map(gpt2_ranks: Path, tmp_path: Path, cli) -> None:
+    gpt2_shaped_folder(tmp_path / "wide", gpt2_ranks, n_inner=96)
+    code, _, err = cli("import", "hf", tmp_path / "wide", "--out", tmp_path / "run")
+    assert code == 2 and "an MLP 96 wide" in err and not (tmp_path / "run").exists()
+
+    other = tmp_path / "other-vocabulary"
+    gpt2_shaped_folder(other, gpt2_ranks)
+    described = json.loads((other / "tokenizer.json").read_text())
+    vocab = described["model"]["vocab"]
+    vocab["Ġthe"], vocab["Ġa"] = vocab["Ġa"], vocab["Ġthe"]
+    (other / "tokenizer.json").write_text(json.dumps(described))
+    code, _, err = cli("import", "hf", other, "--out", tmp_path / "run")
+    assert code == 2 and "not GPT-2's vocabulary" in err
+
+    code, _, err = cli("import", "hf", tmp_path / "nothing", "--out", tmp_path / "run")
+    assert code == 2 and "no config.json" in err
+
+
+def test_eval_gives_the_training_runs_whole_split_figure(
+    small_corpus: Path, tmp_path: Path, cli
+) -> None:
+    run = tiny_run(small_corpus, tmp_path / "run")
+    reported = read_meta(load_checkpoint(run).path)["metrics"]
+    code, out, err = cli("eval", run, "--json")
+    assert code == 0, err
+    score = json.loads(out)
+    assert score["loss"] == pytest.approx(reported["whole_val_loss"], abs=1e-6)
+    assert score["bits_per_byte"] == pytest.approx(reported["whole_val_bpb"], abs=1e-6)
+    assert score["perplexity"] == pytest.approx(torch.tensor(score["loss"]).exp().item())
+    assert score["tokens"] == 3000  # the last 10% of 30,000 characters
+
+    code, out, _ = cli("eval", run, "--split", "all", "--json")
+    assert json.loads(out)["tokens"] == TEXT_CHARS
+
+    other = tmp_path / "other.txt"
+    other.write_text(small_corpus.read_text(encoding="utf-8")[:5000], encoding="utf-8")
+    code, out, _ = cli("eval", run, "--data", other, "--split", "all")
+    assert code == 0 and "5,000 tokens" in out and "perplexity" in out
+
+    other.write_text("Zebra: 斑马", encoding="utf-8")
+    code, _, err = cli("eval", run, "--data", other, "--split", "all")
+    assert code == 2 and "not in the vocabulary" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("n", "block"), [(2, 4), (9, 4), (10, 3), (101, 8), (64, 64)])
+def test_whole_split_windows_predict_every_token_once(n: int, block: int) -> None:
+    targets = [
+        t
+        for start, length in whole_split_windows(n, block)
+        for t in range(start + 1, start + length + 1)
+    ]
+    assert targets == list(range(1, n))
+    assert all(length <= block for _, length in whole_split_windows(n, block))
+
+
+def test_a_fine_tune_resumes_exactly_without_its_source(small_corpus: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import safetensors.torch
+
+    from tinygpt.checkpoint import list_checkpoints
+    from tinygpt.config import resolve
+    from tinygpt.runs import fine_tune_config, resume
+
+    source = tiny_run(small_corpus, tmp_path / "source")
+    given = {
+        "data": {"dataset": str(small_corpus)},
+        "model": {"block_size": 16},
+        "train": {"init_from": str(source), "steps": 8, "eval_interval": 4, "sample_tokens": 0},
+    }
+    config = fine_tune_config(resolve("finetune", overrides=given), given)
+    train(config, tmp_path / "whole")
+    train(config, tmp_path / "halves", until=4)
+    shutil.rmtree(source)  # resuming needs the run's own directory only
+    resume(tmp_path / "halves")
+
+    def last_weights(run: Path) -> dict[str, torch.Tensor]:
+        return safetensors.torch.load_file(list_checkpoints(run)[-1] / "model.safetensors")
+
+    whole, halves = last_weights(tmp_path / "whole"), last_weights(tmp_path / "halves")
+    assert whole.keys() == halves.keys()
+    assert all(torch.equal(whole[name], halves[name]) for name in whole)
+    assert whole["wpe.weight"].shape == (16, 32)
