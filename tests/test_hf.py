@@ -58,6 +58,19 @@ def up_to_end(tokens: list[int], eot: int | None) -> list[int]:
     return tokens[: tokens.index(eot) + 1] if eot in tokens else tokens
 
 
+def assert_same_model(
+    ours: torch.nn.Module, theirs: torch.nn.Module, batch: torch.Tensor, eot: int | None
+) -> None:
+    """The same logits on a batch (float32, to 1e-5), the same greedy continuation."""
+    with torch.no_grad():
+        expected = theirs(batch).logits
+        logits, _ = ours.eval()(batch)
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    prompt, new = batch[:1, :8], batch.size(1) // 2
+    generated = theirs.generate(prompt, max_new_tokens=new, do_sample=False)[0, 8:].tolist()
+    assert generated == up_to_end(greedy(ours, prompt, batch.size(1), new), eot)
+
+
 EXPORTABLE = [  # (tokenizer, model switches): tied and untied, with and without biases
     ("char", {"tie_weights": True, "bias": True}),
     ("char", {"tie_weights": False, "bias": False, "activation": "relu2"}),
@@ -84,16 +97,7 @@ def test_export_matches_transformers(
     assert hf_tokenizer(text)["input_ids"] == ids
     assert hf_tokenizer.decode(ids) == text
 
-    batch = batch_of(ids)
-    with torch.no_grad():
-        expected = model(batch).logits
-        logits, _ = ours.model.eval()(batch)
-    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-
-    prompt = batch[:1, :8]
-    theirs = model.generate(prompt, max_new_tokens=20, do_sample=False)[0, 8:].tolist()
-    mine = greedy(ours.model, prompt, 32, 20)
-    assert theirs == up_to_end(mine, ours.tokenizer.eot_id)
+    assert_same_model(ours.model, model, batch_of(ids), ours.tokenizer.eot_id)
 
 
 @pytest.mark.parametrize(
@@ -151,13 +155,7 @@ def test_import_gpt2_family_then_sample_and_fine_tune(
 
     ids = ours.tokenizer.encode(small_corpus.read_text(encoding="utf-8")[:3000])
     batch = batch_of(ids, length=64)
-    with torch.no_grad():
-        expected = hf_model(batch).logits
-        logits, _ = ours.model.eval()(batch)
-    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
-    prompt = batch[:1, :10]
-    theirs = hf_model.generate(prompt, max_new_tokens=15, do_sample=False)[0, 10:].tolist()
-    assert theirs == up_to_end(greedy(ours.model, prompt, 64, 15), 50256)
+    assert_same_model(ours.model, hf_model, batch, 50256)
 
     code, out, err = cli("sample", tmp_path / "run", "--prompt", "ROMEO:", "--max-new-tokens", 8)
     assert code == 0 and out.startswith("ROMEO:"), err
