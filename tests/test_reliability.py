@@ -124,6 +124,43 @@ def test_a_second_signal_exits_at_once(shakespeare, tmp_path: Path) -> None:
     assert process.returncode in (-signal.SIGINT, 128 + signal.SIGINT)
 
 
+@pytest.mark.parametrize("when", ["first", "final"])
+def test_a_signal_during_an_evaluation_stops_it_within_seconds(
+    shakespeare, tmp_path: Path, when: str
+) -> None:
+    """An evaluation changes nothing, so a stop abandons it (here: one of a million
+    batches, minutes of work) and saves the step it evaluated. `first`: the evaluation
+    before step 1; `final`: the whole val split after the last step."""
+    config, run_dir = tiny_config_file(tmp_path, steps=5, eval_interval=5), tmp_path / "r"
+    slow = {  # a minute of evaluation or more
+        "first": ["--train.eval_batches", 1_000_000],
+        "final": ["--model.block_size", 1, "--train.batch_size", 1],  # 111,539 forward passes
+    }[when]
+    process = subprocess.Popen(
+        tinygpt("train", "--config", config, "--out", run_dir, *slow),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    if when == "first":  # the tokenizer is written, then training starts by evaluating
+        while not RunDir(run_dir).tokenizer.exists():
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+    else:  # the last estimate is logged, then every val token is scored one at a time
+        wait_for_step(run_dir, 5, process)
+    time.sleep(1.0)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - signalled < 5
+    assert process.returncode == 128 + signal.SIGTERM
+    step = 0 if when == "first" else 5
+    assert f"at step {step}; checkpoint saved" in err and err.count("\n") == 1, err
+    assert load_checkpoint(run_dir).step == step
+    logged = [json.loads(line) for line in RunDir(run_dir).metrics.read_text().splitlines()]
+    assert not any("whole_val_loss" in record for record in logged)
+    if when == "first":
+        assert not any("val_loss" in record for record in logged)
+
+
 # --- kills -----------------------------------------------------------------------------
 
 

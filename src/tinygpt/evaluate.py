@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,19 @@ from tinygpt.errors import UserError
 from tinygpt.runtime import SINGLE_PROCESS, Distributed, all_mean, autocast_dtype
 
 
+class EvaluationStopped(Exception):
+    """A stop was asked for during an evaluation, which was abandoned (it changes nothing)."""
+
+
+def never() -> bool:
+    return False
+
+
+def _check(stop: Callable[[], bool]) -> None:
+    if stop():
+        raise EvaluationStopped
+
+
 @torch.no_grad()
 def estimate_loss(
     model: nn.Module,
@@ -29,11 +43,13 @@ def estimate_loss(
     seed: int,
     device: torch.device,
     group: Distributed = SINGLE_PROCESS,
+    stop: Callable[[], bool] = never,
 ) -> dict[str, float]:
     """{'train_loss': ..., 'val_loss': ...} over the same seeded batches on every call.
 
     In a torchrun group each rank scores its slice of every batch and the means are averaged
-    over the group: the same figure as one process scoring whole batches.
+    over the group: the same figure as one process scoring whole batches. `stop` is asked
+    before every batch (the same answer on every rank): True raises EvaluationStopped.
     """
     was_training = model.training
     model.eval()
@@ -44,6 +60,7 @@ def estimate_loss(
             data, split, n_batches, batch_size, block_size, seed=seed, group=group
         )
         for x, y in batches:
+            _check(stop)
             _, loss = model(x.to(device), y.to(device))
             total += loss.item()
         losses[f"{split}_loss"] = all_mean(total / n_batches, group, device)
@@ -86,11 +103,13 @@ def split_loss(
     *,
     group: Distributed = SINGLE_PROCESS,
     progress: bool = False,
+    stop: Callable[[], bool] = never,
 ) -> float:
     """Mean loss over a whole split, every token predicted once (whole_split_windows).
 
     Exact where a sampled estimate is noisy: use it to compare runs, not to watch one. In a
-    torchrun group each rank scores every world_size-th batch.
+    torchrun group each rank scores every world_size-th batch; all ranks go through the same
+    number of rounds, so that `stop` (as in estimate_loss) is asked together.
     """
     was_training = model.training
     model.eval()
@@ -98,9 +117,16 @@ def split_loss(
     full = [start for start, length in windows if length == block_size]
     batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
     batches += [[start] for start, length in windows if length < block_size]  # the tail
-    mine = batches[group.rank :: group.world_size]
+    rounds = math.ceil(len(batches) / group.world_size)
     total, count = 0.0, 0
-    for starts in tqdm(mine, desc="eval", unit="batch", disable=None if progress else True):
+    for round_ in tqdm(
+        range(rounds), desc="eval", unit="batch", disable=None if progress else True
+    ):
+        _check(stop)
+        index = round_ * group.world_size + group.rank
+        if index >= len(batches):
+            continue  # this rank's share is done; the others finish theirs
+        starts = batches[index]
         length = min(block_size, len(data) - 1 - starts[0])
         x, y = batch_at(data, torch.tensor(starts), length)
         _, loss = model(x.to(device), y.to(device))

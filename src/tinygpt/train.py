@@ -26,7 +26,7 @@ from tinygpt.checkpoint import prune_checkpoints, save_checkpoint, step_folder
 from tinygpt.config import RunConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError
-from tinygpt.evaluate import bits_per_byte, estimate_loss, split_loss
+from tinygpt.evaluate import EvaluationStopped, bits_per_byte, estimate_loss, never, split_loss
 from tinygpt.faults import crash, planned_fault, stop_request
 from tinygpt.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.models import build_model
@@ -139,16 +139,17 @@ def autocast(session: Session) -> contextlib.AbstractContextManager:
     return torch.autocast(session.device.type, dtype=session.dtype)
 
 
-def evaluate(session: Session) -> dict[str, float]:
-    """The periodic estimate on fixed batches; after the last step also the whole val split."""
-    metrics = estimate(session)
+def evaluate(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:
+    """The periodic estimate on fixed batches; after the last step also the whole val split.
+    `stop` is asked before each batch; True abandons it (EvaluationStopped)."""
+    metrics = estimate(session, stop)
     cfg = session.config
     if cfg.train.whole_val and session.step == cfg.train.steps:
-        metrics.update(score_whole_val(session))
+        metrics.update(score_whole_val(session, stop))
     return metrics
 
 
-def score_whole_val(session: Session) -> dict[str, float]:
+def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:
     """Every val token predicted once: `whole_val_loss` and `whole_val_bpb`."""
     cfg = session.config
     with autocast(session):
@@ -159,12 +160,13 @@ def score_whole_val(session: Session) -> dict[str, float]:
             cfg.train.batch_size,
             session.device,
             group=session.group,
+            stop=stop,
         )
     bpb = bits_per_byte(loss, session.data.tokens_per_byte("val"))
     return {"whole_val_loss": loss, "whole_val_bpb": bpb}
 
 
-def estimate(session: Session) -> dict[str, float]:
+def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:
     cfg = session.config
     splits = {"train": session.data.train, "val": session.data.val}
     with autocast(session):
@@ -177,6 +179,7 @@ def estimate(session: Session) -> dict[str, float]:
             seed=cfg.train.seed,
             device=session.device,
             group=session.group,
+            stop=stop,
         )
     data = session.data
     return {
@@ -253,7 +256,8 @@ PLAIN_PROGRESS_EVERY_S = 15.0  # when output goes to a file: a line this often, 
 def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) -> dict[str, float]:
     """The training loop: steps, periodic evaluation and checkpoints, metrics.jsonl.
 
-    A SIGINT or SIGTERM ends it at the next step boundary with a checkpoint. Progress shows
+    A SIGINT or SIGTERM ends it at the next step boundary with a checkpoint; one during an
+    evaluation abandons it at its next batch and saves the step without it. Progress shows
     as a bar on a terminal, and as a plain line now and then when `out` is not one.
     """
     cfg = session.config.train
@@ -277,10 +281,23 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     last: dict[str, float] = {}
     fault_step = planned_fault(session.group)  # None unless a test asks for a crash
     stop_request.listen()  # the command line listens from its start; a library caller here
+
+    def stop_wanted() -> bool:  # the same answer on every rank
+        return any_rank(stop_request.signum is not None, session.group, session.device)
+
+    def evaluate_and_save() -> dict[str, float]:
+        """An evaluation a stop abandons: the step's checkpoint is written without it."""
+        try:
+            return _evaluate_and_save(session, run_dir, log, out, stop_wanted)
+        except EvaluationStopped:
+            _save(session, run_dir, last, log.elapsed(), is_best=False)
+            signum = stop_request.take() or signal.SIGTERM
+            raise TrainingInterrupted(session.step, signum, run_dir) from None
+
     try:
         with contextlib.closing(log), bar:
             if session.step == 0:
-                last = _evaluate_and_save(session, run_dir, log, out)
+                last = evaluate_and_save()
             while session.step < last_step:
                 loss, grad_norm = train_step(session)
                 if session.step == fault_step:
@@ -294,9 +311,9 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
                     plain.update(step, loss, log.elapsed())
                 saved = step % cfg.eval_interval == 0 or step == cfg.steps
                 if saved:
-                    last = _evaluate_and_save(session, run_dir, log, out)
+                    last = evaluate_and_save()
                     meter.restart()  # keep evaluation out of tokens/s
-                if any_rank(stop_request.signum is not None, session.group, session.device):
+                if stop_wanted():
                     if not saved:
                         _save(session, run_dir, last, log.elapsed(), is_best=False)
                     signum = stop_request.take() or signal.SIGTERM  # another rank's signal
@@ -344,9 +361,9 @@ def _log_step(
 
 
 def _evaluate_and_save(
-    session: Session, run_dir: Path, log: MetricsLog, out: TextIO
+    session: Session, run_dir: Path, log: MetricsLog, out: TextIO, stop: Callable[[], bool]
 ) -> dict[str, float]:
-    metrics = {k: round(v, 6) for k, v in evaluate(session).items()}
+    metrics = {k: round(v, 6) for k, v in evaluate(session, stop).items()}
     log.write(session.step, **metrics)
     train_loss, val_loss = metrics["train_loss"], metrics["val_loss"]
     tqdm.write(
