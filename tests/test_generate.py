@@ -44,10 +44,12 @@ def tokens(model, prompt: list[int], sampling: SampleConfig) -> list[list[int]]:
     return torch.stack(steps, dim=1).tolist()
 
 
+@pytest.mark.parametrize("window", ["exact", "shift"])
 @pytest.mark.parametrize("switches", [{}, {"rotary": True}, {"norm": "rmsnorm", "qk_norm": True}])
-def test_cache_logits_match_recomputation_across_the_full_context(switches) -> None:
+def test_cache_logits_match_recomputation_across_the_full_context(switches, window) -> None:
     model = gpt(**switches)
-    cached, plain = Decoder(model, BLOCK, use_cache=True), Decoder(model, BLOCK, use_cache=False)
+    cached = Decoder(model, BLOCK, use_cache=True, window=window)
+    plain = Decoder(model, BLOCK, use_cache=False, window=window)
     idx = torch.randint(V, (3, 5), generator=torch.Generator().manual_seed(0))
     a, b = cached.start(idx), plain.start(idx)
     for step in range(3 * BLOCK):  # well past the point where the context fills
@@ -58,9 +60,43 @@ def test_cache_logits_match_recomputation_across_the_full_context(switches) -> N
 
 
 @pytest.mark.parametrize("switches", [{}, {"rotary": True}])
-def test_greedy_tokens_are_identical_with_and_without_cache(switches) -> None:
+def test_the_shift_window_conditions_on_the_tokens_since_its_last_shift(switches) -> None:
+    """Past the context, `shift` keeps the window's last half and fills it up again: each
+    token's logits are the model's on exactly that window, recomputed from scratch."""
     model = gpt(**switches)
-    greedy = SampleConfig(max_new_tokens=3 * BLOCK, temperature=0)
+    shifted = Decoder(model, BLOCK, use_cache=True, window="shift")
+    history = torch.randint(V, (2, 5), generator=torch.Generator().manual_seed(1))
+    logits, seen = shifted.start(history), 5
+    lengths = []
+    for _ in range(3 * BLOCK):
+        with torch.no_grad():
+            expected = model(history[:, -seen:])[0][:, -1]
+        torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+        lengths.append(seen)
+        token = logits.argmax(dim=-1)
+        history = torch.cat((history, token[:, None]), dim=1)
+        seen = seen + 1 if seen < BLOCK else BLOCK // 2
+        logits = shifted.step(token)
+    half_to_full = list(range(BLOCK // 2, BLOCK + 1))  # 8 .. 16 tokens seen, then a shift
+    assert lengths == list(range(5, BLOCK + 1)) + half_to_full * 4
+
+
+def test_the_shift_window_is_the_exact_one_until_the_context_fills() -> None:
+    model = gpt()
+    exact = SampleConfig(max_new_tokens=BLOCK - 3, temperature=0)
+    shift = dataclasses.replace(exact, window="shift")
+    assert tokens(model, [1, 2, 3], exact) == tokens(model, [1, 2, 3], shift)
+    longer = dataclasses.replace(shift, max_new_tokens=3 * BLOCK)
+    assert tokens(model, [1, 2, 3], longer) == tokens(
+        model, [1, 2, 3], dataclasses.replace(longer, use_cache=False)
+    )
+
+
+@pytest.mark.parametrize("switches", [{}, {"rotary": True}])
+@pytest.mark.parametrize("window", ["exact", "shift"])
+def test_greedy_tokens_are_identical_with_and_without_cache(switches, window) -> None:
+    model = gpt(**switches)
+    greedy = SampleConfig(max_new_tokens=3 * BLOCK, temperature=0, window=window)
     without = dataclasses.replace(greedy, use_cache=False)
     assert tokens(model, [1, 2, 3], greedy) == tokens(model, [1, 2, 3], without)
 

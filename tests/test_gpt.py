@@ -11,7 +11,12 @@ import torch
 from tinygpt.config import ModelConfig
 from tinygpt.models import build_model, count_parameters
 from tinygpt.models.gpt import GPT, KVCache
-from tinygpt.models.layers import FastMatvecLinear, apply_rotary
+from tinygpt.models.layers import (
+    FastMatvecLinear,
+    apply_rotary,
+    two_column_product,
+    two_columns_pay,
+)
 
 VOCAB = 65
 SMALL = ModelConfig(arch="gpt", block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -158,7 +163,10 @@ def test_linear_one_row_product_matches_the_plain_one(bias: bool) -> None:
     x = torch.randn(1, 1, 384)
     assert layer._one_row_on_cpu(x) and not layer._one_row_on_cpu(torch.randn(2, 1, 384))
     expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
-    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    two_columns = two_column_product(x, layer.weight, layer.bias)
+    torch.testing.assert_close(two_columns, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)  # whichever it took
+    assert isinstance(two_columns_pay(1536, 384), bool)  # timed once on this CPU
     assert layer(x).shape == (1, 1, 1536) and layer(x[0]).shape == (1, 1536)
 
 

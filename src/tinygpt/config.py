@@ -28,6 +28,7 @@ Schedule = Literal["constant", "cosine", "wsd"]
 Optimizer = Literal["adamw", "muon"]
 AutocastDtype = Literal["auto", "float32", "bfloat16"]
 WeightDtype = Literal["float32", "bfloat16"]
+WindowPolicy = Literal["exact", "shift"]
 DEVICES = ("auto", "cpu", "cuda", "mps")  # or cuda:N, which a Literal cannot say
 
 
@@ -195,6 +196,11 @@ class SampleConfig:
     num_samples: int = option(1, "samples drawn at once; sample i uses seed + i")
     seed: int = option(1337, "sampling seed")
     use_cache: bool = option(True, "decode from a KV cache (GPT) instead of recomputing")
+    window: WindowPolicy = option(
+        "shift",
+        "past the context: shift (keep the window's last half, re-read it once, go on from "
+        "the cache) or exact (slide the window each token, recomputing it)",
+    )
     dtype: WeightDtype = option("float32", "weights for sampling (bfloat16: half the bytes)")
 
     def __post_init__(self) -> None:

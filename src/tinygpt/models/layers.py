@@ -3,34 +3,36 @@ with a faster matrix-vector product on CPUs."""
 
 from __future__ import annotations
 
+import functools
+import time
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig
 
 
 class FastMatvecLinear(nn.Linear):
-    """nn.Linear with a faster CPU product for one row of input (decoding a single token).
+    """nn.Linear with a faster CPU product for one row of input (decoding a single token),
+    where this CPU has one.
 
     MKL's float32 matrix-vector product reads a large weight matrix far below memory speed
     on some CPUs (about 10 GB/s on an AMD EPYC). Seen as a (2 * out, in / 2) matrix, each
     row split in halves, the weight times two columns (the two halves of x) is a matrix
-    product over the same bytes that runs 2-3x faster; y is the sum of its diagonal pairs.
-    The result agrees with the plain product to float rounding.
+    product over the same bytes that runs 2-3x faster there; y is the sum of its diagonal
+    pairs. On other CPUs (an Intel Xeon with AVX-512) the plain product is the faster one,
+    by 4x. So which product a shape gets is timed once per process (`two_columns_pay`);
+    both agree to float rounding.
     """
 
     MIN_WEIGHTS = 3 << 16  # below ~768 KB the weights stay in cache and the plain product wins
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._one_row_on_cpu(x):
-            return super().forward(x)
-        out_features, half = self.out_features, self.in_features // 2
-        halves = self.weight.view(2 * out_features, half)  # row 2r + i: half i of row r
-        products = halves @ x.reshape(2, half).t()  # (2 * out, 2): every half with every half
-        y = products.view(out_features, 2, 2).diagonal(dim1=1, dim2=2).sum(-1)  # (out,)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], out_features)
+        if self._one_row_on_cpu(x) and two_columns_pay(self.out_features, self.in_features):
+            return two_column_product(x, self.weight, self.bias)
+        return super().forward(x)
 
     def _one_row_on_cpu(self, x: torch.Tensor) -> bool:
         return (
@@ -41,6 +43,44 @@ class FastMatvecLinear(nn.Linear):
             and self.in_features % 2 == 0
             and self.weight.is_contiguous()
         )
+
+
+def two_column_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x @ weight.T + bias for one row x, as a product of the halves of weight's rows with
+    the two halves of x (FastMatvecLinear's docstring)."""
+    out_features, half = weight.size(0), weight.size(1) // 2
+    halves = weight.view(2 * out_features, half)  # row 2r + i: half i of row r
+    products = halves @ x.reshape(2, half).t()  # (2 * out, 2): every half with every half
+    y = products.view(out_features, 2, 2).diagonal(dim1=1, dim2=2).sum(-1)  # (out,)
+    if bias is not None:
+        y = y + bias
+    return y.view(*x.shape[:-1], out_features)
+
+
+@functools.cache
+def two_columns_pay(out_features: int, in_features: int) -> bool:
+    """Whether the two-column product beats the plain one for this shape on this CPU,
+    timed on first use (a few ms). Kept only if clearly faster, so that a noisy moment does
+    not flip the choice between runs."""
+    weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
+    x = torch.randn(1, in_features)
+    with torch.no_grad():
+        plain = _fastest_call(lambda: F.linear(x, weight, bias))
+        two_columns = _fastest_call(lambda: two_column_product(x, weight, bias))
+    return two_columns * 1.25 < plain
+
+
+def _fastest_call(call: Callable[[], object], rounds: int = 5, calls: int = 5) -> float:
+    call()  # warm up
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def make_norm(config: ModelConfig, size: int) -> nn.Module:
