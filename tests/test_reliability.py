@@ -124,6 +124,32 @@ def test_a_second_signal_exits_at_once(shakespeare, tmp_path: Path) -> None:
     assert process.returncode in (-signal.SIGINT, 128 + signal.SIGINT)
 
 
+def test_a_signal_during_the_sample_after_training_stops_it_at_once(
+    shakespeare, tmp_path: Path
+) -> None:
+    config, run_dir = tiny_config_file(tmp_path, steps=5, eval_interval=5), tmp_path / "r"
+    printed = tmp_path / "stdout.txt"
+    with printed.open("w") as stdout:
+        process = subprocess.Popen(
+            tinygpt("train", "--config", config, "--out", run_dir,
+                    "--train.sample_tokens", 1_000_000),  # minutes of sampling
+            stdout=stdout, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        while "--- sample ---" not in printed.read_text():
+            assert process.poll() is None, process.stderr.read()
+            time.sleep(0.05)
+        time.sleep(1.0)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert time.monotonic() - signalled < 5
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "during the sample after training; the run is complete" in err
+    assert err.count("\n") == 1, err
+    assert load_checkpoint(run_dir).step == 5
+
+
 @pytest.mark.parametrize("when", ["first", "final"])
 def test_a_signal_during_an_evaluation_stops_it_within_seconds(
     shakespeare, tmp_path: Path, when: str

@@ -29,9 +29,9 @@ from tinygpt.checkpoint import (
     read_meta,
 )
 from tinygpt.config import RunConfig, SampleConfig
-from tinygpt.errors import UserError
+from tinygpt.errors import Interrupted, UserError
 from tinygpt.evaluate import describe_score
-from tinygpt.faults import stop_if_requested
+from tinygpt.faults import stop_if_requested, stop_request
 from tinygpt.generate import stream_text
 from tinygpt.metrics import drop_metrics_after
 from tinygpt.models import count_parameters, parameter_summary
@@ -257,9 +257,16 @@ def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:
     cfg = session.config
     sampling = SampleConfig(max_new_tokens=max_new_tokens, seed=cfg.train.seed)
     pieces = stream_text(session.model, session.data.tokenizer, "", cfg.model.block_size, sampling)
-    for piece in pieces:
-        out.write(piece)
-        out.flush()
+    stop_request.listen()  # a stop ends the sample at its next token, in one line
+    try:
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+            if (signum := stop_request.take()) is not None:
+                out.write("\n")
+                raise Interrupted(signum, "during the sample after training; the run is complete")
+    finally:
+        stop_request.release()
     out.write("\n")
 
 
