@@ -242,9 +242,9 @@ def import_folder(folder: Path, out: Path) -> Path:
     )
     model = build_model(model_config, tokenizer.vocab_size)
     model.load_state_dict(from_gpt2_weights(hf_model.state_dict(), model))
-    config = RunConfig(
-        data=DataConfig(tokenizer="gpt2"), model=model_config, train=TrainConfig(steps=1)
-    )
+    # batch 4: what `eval` and a fine-tune start from (GPT-2's 1,024 x 50,257 logits a row)
+    train = TrainConfig(steps=1, batch_size=4)
+    config = RunConfig(data=DataConfig(tokenizer="gpt2"), model=model_config, train=train)
     _write_run(out, config, tokenizer, model)
     return out
 
