@@ -124,6 +124,18 @@ def test_a_second_signal_exits_at_once(shakespeare, tmp_path: Path) -> None:
     assert process.returncode in (-signal.SIGINT, 128 + signal.SIGINT)
 
 
+def terminate_within_seconds(process: subprocess.Popen, seconds: float = 5) -> str:
+    """A second into what the process is doing, SIGTERM; it must be gone within `seconds`,
+    with the status of a stop by that signal. Its stderr."""
+    time.sleep(1.0)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert time.monotonic() - signalled < seconds
+    assert process.returncode == 128 + signal.SIGTERM
+    return err
+
+
 def test_a_signal_during_the_sample_after_training_stops_it_at_once(
     shakespeare, tmp_path: Path
 ) -> None:
@@ -139,12 +151,7 @@ def test_a_signal_during_the_sample_after_training_stops_it_at_once(
         while "--- sample ---" not in printed.read_text():
             assert process.poll() is None, process.stderr.read()
             time.sleep(0.05)
-        time.sleep(1.0)
-        signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=60)
-    assert time.monotonic() - signalled < 5
-    assert process.returncode == 128 + signal.SIGTERM
+        err = terminate_within_seconds(process)
     assert "during the sample after training; the run is complete" in err
     assert err.count("\n") == 1, err
     assert load_checkpoint(run_dir).step == 5
@@ -172,12 +179,7 @@ def test_a_signal_during_an_evaluation_stops_it_within_seconds(
             time.sleep(0.05)
     else:  # the last estimate is logged, then every val token is scored one at a time
         wait_for_step(run_dir, 5, process)
-    time.sleep(1.0)
-    signalled = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert time.monotonic() - signalled < 5
-    assert process.returncode == 128 + signal.SIGTERM
+    err = terminate_within_seconds(process)
     step = 0 if when == "first" else 5
     assert f"at step {step}; checkpoint saved" in err and err.count("\n") == 1, err
     assert load_checkpoint(run_dir).step == step
