@@ -236,6 +236,16 @@ def test_import_refuses_what_it_cannot_map(gpt2_ranks: Path, tmp_path: Path, cli
     code, _, err = cli("import", "hf", tmp_path / "nothing", "--out", tmp_path / "run")
     assert code == 2 and "no config.json" in err
 
+    broken = tmp_path / "broken"
+    gpt2_shaped_folder(broken, gpt2_ranks)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    code, _, err = cli("import", "hf", broken, "--out", tmp_path / "run")
+    assert code == 2 and "cannot read the weights" in err and len(err.splitlines()) == 1
+    (broken / "config.json").write_text("{ not json")
+    code, _, err = cli("import", "hf", broken, "--out", tmp_path / "run")
+    assert code == 2 and "cannot read the config" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
 
 def test_eval_gives_the_training_runs_whole_split_figure(
     small_corpus: Path, tmp_path: Path, cli

@@ -229,7 +229,7 @@ def import_folder(folder: Path, out: Path) -> Path:
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (it has no config.json)")
     check_run_dir(out, overwrite=False)
-    hf_config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+    hf_config = _loaded(folder, "config", transformers.AutoConfig.from_pretrained)
     model_config = model_config_from(hf_config)
     tokenizer = gpt2_tokenizer_of(folder)
     if tokenizer.vocab_size != hf_config.vocab_size:
@@ -237,8 +237,8 @@ def import_folder(folder: Path, out: Path) -> Path:
             f"{folder}: the model has {hf_config.vocab_size} tokens, GPT-2's tokenizer "
             f"{tokenizer.vocab_size}"
         )
-    hf_model = transformers.GPT2LMHeadModel.from_pretrained(
-        folder, local_files_only=True, dtype=torch.float32
+    hf_model = _loaded(
+        folder, "weights", transformers.GPT2LMHeadModel.from_pretrained, dtype=torch.float32
     )
     model = build_model(model_config, tokenizer.vocab_size)
     model.load_state_dict(from_gpt2_weights(hf_model.state_dict(), model))
@@ -247,6 +247,15 @@ def import_folder(folder: Path, out: Path) -> Path:
     config = RunConfig(data=DataConfig(tokenizer="gpt2"), model=model_config, train=train)
     _write_run(out, config, tokenizer, model)
     return out
+
+
+def _loaded(folder: Path, what: str, load: Any, **options: Any) -> Any:
+    """transformers' `from_pretrained`, offline; what it cannot read is one line."""
+    try:
+        return load(folder, local_files_only=True, **options)
+    except Exception as exc:  # transformers raises many kinds (OSError, ValueError, its own)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read the {what} in {folder}: {reason}") from None
 
 
 def _write_run(out: Path, config: RunConfig, tokenizer: Tokenizer, model: nn.Module) -> None:
