@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tinygpt.config import RunConfig
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir
 from tinygpt.models import build_model
 from tinygpt.rundir import RunDir
@@ -224,10 +224,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         safetensors.torch.load_model(model, str(weights), device="cpu")
     except RuntimeError as exc:  # names or shapes differ from what the config builds
         raise UserError(
-            f"checkpoint {folder} does not match its config: {_first_line(exc)}"
+            f"checkpoint {folder} does not match its config: {first_line(exc)}"
         ) from None
     except (OSError, safetensors.SafetensorError) as exc:
-        raise UserError(f"checkpoint {folder}: weights do not load ({_first_line(exc)})") from None
+        raise UserError(f"checkpoint {folder}: weights do not load ({first_line(exc)})") from None
     return Checkpoint(folder, step, config, tokenizer, model, metrics)
 
 
@@ -237,9 +237,4 @@ def _write_error(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     found = re.search(r'message: "([^"]+)"', str(exc))
-    return found.group(1) if found else _first_line(exc)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return found.group(1) if found else first_line(exc)

@@ -17,6 +17,12 @@ def note(message: str) -> None:
     print(f"tinygpt: note: {message}", file=sys.stderr)
 
 
+def first_line(exc: Exception) -> str:
+    """What an exception says, in one line (its type where it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class UserError(Exception):
     """A problem with the user's input, explained in one line."""
 

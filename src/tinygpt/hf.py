@@ -22,7 +22,7 @@ from torch import nn
 
 from tinygpt.checkpoint import load_checkpoint, save_checkpoint, step_folder
 from tinygpt.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir, temp_file
 from tinygpt.models import build_model
 from tinygpt.rundir import RunDir
@@ -254,8 +254,7 @@ def _loaded(folder: Path, what: str, load: Any, **options: Any) -> Any:
     try:
         return load(folder, local_files_only=True, **options)
     except Exception as exc:  # transformers raises many kinds (OSError, ValueError, its own)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read the {what} in {folder}: {reason}") from None
+        raise UserError(f"cannot read the {what} in {folder}: {first_line(exc)}") from None
 
 
 def _write_run(out: Path, config: RunConfig, tokenizer: Tokenizer, model: nn.Module) -> None:
