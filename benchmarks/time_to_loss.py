@@ -1,7 +1,8 @@
 """Time to a target val loss: train presets in turn and clock when each gets there.
 
     python benchmarks/time_to_loss.py --presets cpu-baby [OTHER] [--target 1.89] [--repeats 3]
-                                      [--eval-every 100] [--png time_to_loss.png]
+                                      [--baseline-repeats N] [--eval-every 100]
+                                      [--png time_to_loss.png]
 
 A preset may carry overrides, for experiments: `cpu-fast+optim.lr=2e-3+train.batch_size=24`.
 
@@ -116,6 +117,9 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["cpu-baby"])
     parser.add_argument("--target", type=float, default=1.89)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--baseline-repeats", type=int, help="runs of the first preset (default: --repeats)"
+    )
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1337, help="first seed; repeats add 1")
     parser.add_argument("--png", type=Path, default=Path("time_to_loss.png"))
@@ -126,13 +130,17 @@ def main() -> None:
     print(f"cpu: {cpu_description()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, target {args.target}")
     curves: dict[str, list] = {preset: [] for preset in args.presets}
+    baseline_repeats = args.repeats if args.baseline_repeats is None else args.baseline_repeats
     for repeat in range(args.repeats):  # presets alternate, so load drifts hit both alike
-        for preset in args.presets:
-            curves[preset].append(one_run(preset, args.seed + repeat, args.eval_every))
+        for i, preset in enumerate(args.presets):
+            if i > 0 or repeat < baseline_repeats:
+                curves[preset].append(one_run(preset, args.seed + repeat, args.eval_every))
     for preset, runs in curves.items():
         times = [time_to(curve, args.target) for curve in runs]
         finals = [curve[-1] for curve in runs]
         print(f"{preset}: time to {args.target}: {summary(times)}")
+        ended_under = sum(curve[-1][2] <= args.target for curve in runs)
+        print(f"  {ended_under} of {len(runs)} runs end at or under {args.target}")
         for t, step, val in finals:
             print(f"  end: step {step}, {t:.1f} s of training, val {val:.4f}")
     if len(args.presets) == 2:

@@ -89,6 +89,35 @@ def test_run_directory_keeps_best_and_newest(shakespeare, tmp_path: Path) -> Non
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+SPEED_PRESETS = ["cpu-fast", pytest.param("cpu-5min", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("preset", SPEED_PRESETS)
+def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, preset: str) -> None:
+    # the presets' own recipes (Muon, value embeddings, a compiled model), only shortened
+    short = {"steps": 8, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
+             "sample_tokens": 0, "whole_val": False}  # fmt: skip
+    config = resolve(preset, overrides={"train": short})
+    train(config, tmp_path / "whole", out=io.StringIO())
+    train(config, tmp_path / "split", out=io.StringIO(), until=4)
+    resume(tmp_path / "split", out=io.StringIO())
+    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
+    assert whole.keys() == split.keys()
+    for name in whole:
+        assert torch.equal(whole[name], split[name]), name
+
+
+def test_compile_without_a_compiler_is_one_line(
+    cli, shakespeare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    monkeypatch.delenv("CXX", raising=False)
+    code, _, err = cli("train", "--preset", "cpu-5min", "--out", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1
+    assert "--train.compile true needs a C++ compiler" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_resume_errors(shakespeare, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a tinygpt run directory"):
         resume(tmp_path / "nothing")

@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +31,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("device 'mps' asked for, but this machine has no usable Apple GPU")
     return torch.device(name)
+
+
+def require_compiler(device: torch.device) -> None:
+    """torch.compile on a CPU writes C++ kernels and builds them with the system's compiler
+    (CXX, else g++): without one it would fail at the first step, deep inside torch."""
+    if device.type != "cpu":
+        return
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++", "c++"]
+    if not any(shutil.which(name) for name in names):
+        raise UserError(
+            f"--train.compile true needs a C++ compiler on a CPU ({' or '.join(names)}: none "
+            "found); install one or pass --train.compile false"
+        )
 
 
 def seed_everything(seed: int) -> None:

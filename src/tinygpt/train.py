@@ -41,6 +41,7 @@ from tinygpt.runtime import (
     barrier,
     distributed_from_env,
     init_distributed,
+    require_compiler,
     resolve_device,
     rng_states,
     seed_everything,
@@ -91,6 +92,8 @@ def setup(
     if weights is not None:
         model.load_state_dict(weights)
     model = model.to(device)
+    if config.train.compile:
+        require_compiler(device)
     forward = torch.compile(model) if config.train.compile else model
     if group.enabled:  # averages gradients over the group; starts from rank 0's weights
         forward = DistributedDataParallel(
