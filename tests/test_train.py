@@ -89,7 +89,7 @@ def test_run_directory_keeps_best_and_newest(shakespeare, tmp_path: Path) -> Non
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
-SPEED_PRESETS = ["cpu-fast", pytest.param("cpu-5min", marks=pytest.mark.slow)]
+SPEED_PRESETS = ["cpu-fast"] + [pytest.param(name, marks=pytest.mark.slow) for name in ("cpu-5min", "cpu-10min")]
 
 
 @pytest.mark.parametrize("preset", SPEED_PRESETS)

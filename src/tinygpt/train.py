@@ -94,6 +94,9 @@ def setup(
     model = model.to(device)
     if config.train.compile:
         require_compiler(device)
+        # compiled CPU kernels otherwise sum embedding gradients with atomic adds from
+        # several threads: a run would not repeat itself, nor resume bit for bit
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     forward = torch.compile(model) if config.train.compile else model
     if group.enabled:  # averages gradients over the group; starts from rank 0's weights
         forward = DistributedDataParallel(
@@ -174,7 +177,7 @@ def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, fl
     splits = {"train": session.data.train, "val": session.data.val}
     with autocast(session):
         losses = estimate_loss(
-            _unwrapped(session.forward),
+            session.model,  # eager: a compiled model would also compile for inference
             splits,
             n_batches=cfg.train.eval_batches,
             batch_size=cfg.train.batch_size,
@@ -192,11 +195,6 @@ def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, fl
             for split in splits
         },
     }
-
-
-def _unwrapped(forward: Callable[..., Any]) -> Callable[..., Any]:
-    """The (possibly compiled) model inside DDP: evaluation has no gradients to average."""
-    return forward.module if isinstance(forward, DistributedDataParallel) else forward
 
 
 def train_step(session: Session) -> tuple[float, float]:
