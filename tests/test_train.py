@@ -36,6 +36,14 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(latest / "model.safetensors")
 
 
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The newest checkpoints of two runs hold the same tensors, bit for bit."""
+    a, b = weights(run_a), weights(run_b)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
 
@@ -48,10 +56,7 @@ def test_resume_equals_an_uninterrupted_run(shakespeare, tmp_path: Path, optimiz
     train(config, tmp_path / "split", out=io.StringIO(), until=20)
     assert list_checkpoints(tmp_path / "split")[-1].name == "step-00000020"
     resume(tmp_path / "split", out=io.StringIO())
-    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
-    assert whole.keys() == split.keys()
-    for name in whole:
-        assert torch.equal(whole[name], split[name]), name  # bit for bit on a CPU
+    assert_same_weights(tmp_path / "whole", tmp_path / "split")  # bit for bit on a CPU
 
     def without_time(lines: list[dict]) -> list[dict]:
         return [{k: v for k, v in line.items() if k not in ("elapsed_s", "tokens_per_s")}
@@ -102,10 +107,7 @@ def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, prese
     train(config, tmp_path / "whole", out=io.StringIO())
     train(config, tmp_path / "split", out=io.StringIO(), until=4)
     resume(tmp_path / "split", out=io.StringIO())
-    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
-    assert whole.keys() == split.keys()
-    for name in whole:
-        assert torch.equal(whole[name], split[name]), name
+    assert_same_weights(tmp_path / "whole", tmp_path / "split")
 
 
 def test_compile_without_a_compiler_is_one_line(

@@ -94,8 +94,8 @@ def setup(
     model = model.to(device)
     if config.train.compile:
         require_compiler(device)
-        # compiled CPU kernels otherwise sum embedding gradients with atomic adds from
-        # several threads: a run would not repeat itself, nor resume bit for bit
+        # otherwise the compiled CPU kernels' threads add up gradients (the embeddings'
+        # scatter-add) in any order: a run would not repeat itself, nor resume bit for bit
         torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
     forward = torch.compile(model) if config.train.compile else model
     if group.enabled:  # averages gradients over the group; starts from rank 0's weights
