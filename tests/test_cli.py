@@ -237,7 +237,7 @@ def test_default_preset_suits_the_device(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_preset() == "cpu-fast"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert default_preset() == "shakespeare-char"
+    assert default_preset() == "gpu-fast"
 
 
 def test_end_of_run_points_to_an_earlier_best_checkpoint(run_dir: Path, capsys) -> None:

@@ -97,7 +97,7 @@ def test_cached_decoding_matches_recomputation(shakespeare) -> None:
 def test_checkpoint_written_on_cuda_loads_on_cpu(shakespeare, tmp_path: Path) -> None:
     out = io.StringIO()
     train(small_config(dtype="float32"), tmp_path / "run", out=out)
-    assert "on cuda" in out.getvalue() and "--- sample ---" in out.getvalue()
+    assert "device: cuda" in out.getvalue() and "--- sample ---" in out.getvalue()
     checkpoint = load_checkpoint(tmp_path / "run")  # onto the CPU
     assert checkpoint.step == 40
     idx = torch.randint(65, (2, 64), generator=torch.Generator().manual_seed(0))
@@ -125,7 +125,7 @@ def test_default_run_on_a_gpu_is_the_gpu_recipe_in_bf16(shakespeare, cli, tmp_pa
         "--train.eval_interval", "10", "--train.eval_batches", "2", "--train.sample_tokens", "0",
     )  # fmt: skip
     assert code == 0, err
-    assert "on cuda" in out and "bfloat16 autocast" in out
+    assert "device: cuda" in out and "bfloat16 autocast" in out  # cuda or cuda:0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (config["model"]["n_embd"], config["model"]["block_size"]) == (384, 256)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]

@@ -48,7 +48,7 @@ def default_preset() -> str:
     """The fast CPU recipe on a CPU; nanoGPT's GPU recipe where there is a GPU."""
     import torch
 
-    return "shakespeare-char" if torch.cuda.is_available() else "cpu-fast"
+    return "gpu-fast" if torch.cuda.is_available() else "cpu-fast"
 
 
 def describe_source(preset: str | None, config_file: Path | None) -> str:
@@ -57,7 +57,7 @@ def describe_source(preset: str | None, config_file: Path | None) -> str:
         return f"{preset} + {config_file}" if preset else str(config_file)
     if preset is not None:
         return preset
-    where = "a CUDA GPU" if default_preset() == "shakespeare-char" else "a CPU"
+    where = "a CUDA GPU" if default_preset() == "gpu-fast" else "a CPU"
     return f"{default_preset()} (the default on {where}; choose another with --preset)"
 
 
