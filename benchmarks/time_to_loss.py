@@ -101,30 +101,43 @@ def nanogpt_run(checkout: Path, extra: list[str]) -> list[tuple[float, int, floa
     subprocess.run([python, "prepare.py"], cwd=prepared, check=True, env=env)
     command = [python, "train.py", "config/train_shakespeare_char.py", *extra]
     print(f"  nanoGPT: {' '.join(command)}", flush=True)
-    stamps: dict[int, float] = {}  # iteration -> wall time after it
-    times: dict[int, float] = {}  # iteration -> its own time (an evaluation's included)
-    losses: dict[int, float] = {}  # iteration -> val loss before it
+    stamped = []  # (wall time when the line came, line)
     with subprocess.Popen(
         command, cwd=checkout, env=env, stdout=subprocess.PIPE, text=True
     ) as process:
         for line in process.stdout:  # type: ignore[union-attr]
-            now = time.perf_counter()
-            if match := NANOGPT_ITER.match(line):
-                stamps[int(match[1])], times[int(match[1])] = now, float(match[2]) / 1e3
-            elif match := NANOGPT_EVAL.match(line):
-                losses[int(match[1])] = float(match[2])
+            stamped.append((time.perf_counter(), line))
+            if NANOGPT_EVAL.match(line):
                 print(f"  nanoGPT: {line.strip()}", flush=True)
     if process.returncode != 0:
         raise SystemExit(f"nanoGPT exited with status {process.returncode}")
+    curve = nanogpt_curve(stamped)
+    for clock, step, loss in curve:
+        print(f"  nanoGPT: step {step}, {clock:.2f} s, val {loss:.4f}", flush=True)
+    return curve
+
+
+def nanogpt_curve(stamped: list[tuple[float, str]]) -> list[tuple[float, int, float]]:
+    """[(training seconds, step, val loss), ...] from nanoGPT's output lines and the wall
+    time each came at. It logs `iter N: ... time Xms` every few iterations (X: the iteration's
+    own time, an evaluation before it included) and `step N: ... val loss V` before iteration
+    N. The clock runs from the end of iteration 0 (which compiles), less each evaluation's
+    excess over a plain iteration."""
+    stamps: dict[int, float] = {}  # iteration -> wall time after it
+    times: dict[int, float] = {}  # iteration -> its own time
+    losses: dict[int, float] = {}  # iteration -> val loss before it
+    for now, line in stamped:
+        if match := NANOGPT_ITER.match(line):
+            stamps[int(match[1])], times[int(match[1])] = now, float(match[2]) / 1e3
+        elif match := NANOGPT_EVAL.match(line):
+            losses[int(match[1])] = float(match[2])
     step_time = statistics.median(t for i, t in times.items() if i not in losses)
     curve = []
     for step, loss in sorted(losses.items()):
         if step == 0 or step not in stamps:
             continue
         evaluations = sum(times[e] - step_time for e in losses if 0 < e <= step and e in times)
-        clock = stamps[step] - stamps[0] - evaluations
-        curve.append((clock, step, loss))
-        print(f"  nanoGPT: step {step}, {clock:.2f} s, val {loss:.4f}", flush=True)
+        curve.append((stamps[step] - stamps[0] - evaluations, step, loss))
     return curve
 
 
