@@ -45,7 +45,7 @@ def add_train_command(commands: Any, shown: RunConfig, shown_as: str) -> None:
 
 
 def default_preset() -> str:
-    """The fast CPU recipe on a CPU; nanoGPT's GPU recipe where there is a GPU."""
+    """The fast recipe for this machine: cpu-fast on a CPU, gpu-fast where there is a CUDA GPU."""
     import torch
 
     return "gpu-fast" if torch.cuda.is_available() else "cpu-fast"
