@@ -95,7 +95,7 @@ def nanogpt_run(checkout: Path, extra: list[str]) -> list[tuple[float, int, floa
     """Run nanoGPT's shakespeare-char recipe in its checkout (`extra`: its own overrides,
     e.g. --device=cpu --compile=False); its curve like one_run's."""
     prepared = checkout / "data" / "shakespeare_char"
-    corpus = data.corpus_cache_path(data.CORPORA["tinyshakespeare"])
+    corpus = data.resolve_corpus("tinyshakespeare")  # tinygpt's cached copy
     shutil.copyfile(corpus, prepared / "input.txt")  # its prepare.py would download it
     python, env = sys.executable, {**os.environ, "PYTHONUNBUFFERED": "1"}
     subprocess.run([python, "prepare.py"], cwd=prepared, check=True, env=env)
