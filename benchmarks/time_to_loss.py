@@ -66,7 +66,7 @@ def one_run(
     session = setup(config)
     curve, clock = [], 0.0
     block, device = config.model.block_size, session.device
-    while session.step < config.train.steps:
+    while session.step < session.planned_steps:
         start = time.perf_counter()
         train_step(session)
         took = time.perf_counter() - start
@@ -74,7 +74,7 @@ def one_run(
             print(f"  {preset} seed {seed}: untimed step {session.step}, {took:.1f} s", flush=True)
         else:
             clock += took
-        if session.step % eval_every == 0 or session.step == config.train.steps:
+        if session.step % eval_every == 0 or session.step == session.planned_steps:
             with torch.autocast(
                 device.type, session.dtype or torch.float32, enabled=bool(session.dtype)
             ):  # eager: a compiled model would compile again for inference

@@ -149,7 +149,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = option(2000, "optimizer steps to train for")
+    steps: int = option(2000, "optimizer steps to train for (with a time_limit: at most)")
+    time_limit: float = option(
+        0.0,
+        "seconds of training steps to fit the run into: as many steps as the measured speed "
+        "allows, up to train.steps (0: no limit, train.steps it is)",
+    )
     batch_size: int = option(12, "sequences per micro-step")
     grad_accum_steps: int = option(1, "micro-steps per optimizer step (global batch multiplier)")
     eval_interval: int = option(250, "evaluate (and checkpoint) every this many steps")
@@ -180,6 +185,8 @@ class TrainConfig:
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
         _require(self.seed >= 0, "train.seed must not be negative")
         _require(self.sample_tokens >= 0, "train.sample_tokens must not be negative")
+        limit = self.time_limit
+        _require(math.isfinite(limit) and limit >= 0, "train.time_limit must be 0 or positive")
         _check_choices(self, "train.")
         known = self.device in DEVICES or self.device.startswith("cuda:")
         _require(known, f"unknown train.device {self.device!r} ({', '.join(DEVICES)}, cuda:N)")

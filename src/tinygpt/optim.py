@@ -177,6 +177,19 @@ def lr_scale_at(step: int, config: OptimConfig, total_steps: int) -> float:
     return 1.0 + progress * (floor - 1.0)
 
 
+def length_matters_from(config: OptimConfig, total_steps: int) -> int:
+    """The first step whose learning rate depends on the run's length (`total_steps`):
+    where a wsd schedule's decay starts, where a cosine one's warmup ends; a constant rate
+    never depends on it. A run that plans its length as it goes must fix it by then, and at
+    the latest at its end."""
+    if config.schedule == "constant":
+        return total_steps
+    if config.schedule == "cosine":
+        return min(total_steps, config.warmup_steps)
+    decay_steps = max(1, round(config.decay_fraction * total_steps))
+    return min(total_steps, max(config.warmup_steps, total_steps - decay_steps))
+
+
 class LrSchedule:
     """Sets each param group's learning rate to its peak (the rate it was created with)
     times `lr_scale_at(step)`: Muon's groups and AdamW's follow one schedule at their own

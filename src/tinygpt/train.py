@@ -9,8 +9,10 @@ directory is `runs.py`'s work.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tinygpt.batches import check_length, random_batch
+from tinygpt.budget import REPLAN_EVERY, TimeBudget
 from tinygpt.checkpoint import prune_checkpoints, save_checkpoint, step_folder
 from tinygpt.config import RunConfig
 from tinygpt.data import PreparedData, prepare
@@ -66,7 +69,14 @@ class Session:
     group: Distributed = SINGLE_PROCESS  # this process's place in a torchrun group
     step: int = 0  # optimizer steps done
     best_val_loss: float = math.inf
-    elapsed_s: float = 0.0  # training time before this process (resumed runs)
+    elapsed_s: float = 0.0  # wall time of the run before this process (resumed runs)
+    training_s: float = 0.0  # time in training steps, over all of the run's processes
+    budget: TimeBudget | None = None  # plans the length while a time limit leaves it open
+
+    @property
+    def planned_steps(self) -> int:
+        """The run's length: train.steps, or what a time limit plans so far."""
+        return self.budget.planned if self.budget else self.config.train.steps
 
 
 def setup(
@@ -106,7 +116,7 @@ def setup(
         )
         torch.manual_seed(config.train.seed + group.rank)  # dropout differs between ranks
     optimizer = make_optimizer(model, config.optim, device)
-    return Session(
+    session = Session(
         config=config,
         data=data,
         model=model,
@@ -118,6 +128,9 @@ def setup(
         generator=torch.Generator().manual_seed(config.train.seed),
         group=group,
     )
+    if config.train.time_limit > 0:
+        session.budget = TimeBudget(config.train.time_limit, config.train.steps, config.optim)
+    return session
 
 
 def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
@@ -126,6 +139,7 @@ def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
         "step": session.step,
         "best_val_loss": session.best_val_loss,
         "elapsed_s": elapsed_s,
+        "training_s": session.training_s,
         "optimizer": session.optimizer.state_dict(),
         "batch_generator": session.generator.get_state(),
         "rng": rng_states(session.device),
@@ -136,6 +150,7 @@ def restore_train_state(session: Session, state: dict[str, Any]) -> None:
     session.step = int(state["step"])
     session.best_val_loss = float(state["best_val_loss"])
     session.elapsed_s = float(state["elapsed_s"])
+    session.training_s = float(state.get("training_s", state["elapsed_s"]))
     session.optimizer.load_state_dict(state["optimizer"])
     session.generator.set_state(state["batch_generator"])
     set_rng_states(state["rng"])
@@ -204,6 +219,8 @@ def train_step(session: Session) -> tuple[float, float]:
 
     A non-finite loss or gradient norm raises TrainingDiverged before the update.
     """
+    start = time.perf_counter()
+    _fix_length_once_it_matters(session)
     cfg = session.config
     accum = cfg.train.grad_accum_steps
     session.schedule.set_for(session.step)
@@ -232,7 +249,38 @@ def train_step(session: Session) -> tuple[float, float]:
     session.optimizer.step()
     session.optimizer.zero_grad(set_to_none=True)
     session.step += 1
+    took = time.perf_counter() - start
+    session.training_s += took
+    if session.budget is not None:
+        _plan_length(session, took)
     return mean_loss, grad_norm
+
+
+def _plan_length(session: Session, step_s: float) -> None:
+    """Plan the run's length from the time limit and the recent speed (budget.py)."""
+    budget = session.budget
+    assert budget is not None
+    budget.record(step_s)
+    speed = budget.seconds_per_step()
+    due = session.step % REPLAN_EVERY == 0 or not budget.is_open(session.step)
+    if due and speed is not None:
+        group, device = session.group, session.device  # every rank makes the same plan
+        speed = all_mean(speed, group, device)
+        trained_s = all_mean(session.training_s, group, device)
+        session.schedule.total_steps = budget.plan(session.step, trained_s, speed)
+    _fix_length_once_it_matters(session)
+
+
+def _fix_length_once_it_matters(session: Session) -> None:
+    """Before the first step whose learning rate depends on the planned length, make the
+    plan the config's train.steps; from there on the run is an ordinary one."""
+    budget = session.budget
+    if budget is None or budget.is_open(session.step):
+        return
+    train = dataclasses.replace(session.config.train, steps=budget.planned)
+    session.config = dataclasses.replace(session.config, train=train)
+    session.schedule.total_steps = budget.planned
+    session.budget = None
 
 
 def _gradient_sync(session: Session, last_micro_step: bool) -> contextlib.AbstractContextManager:
@@ -261,16 +309,16 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
 
     A SIGINT or SIGTERM ends it at the next step boundary with a checkpoint; one during an
     evaluation abandons it at its next batch and saves the step without it. Progress shows
-    as a bar on a terminal, and as a plain line now and then when `out` is not one.
+    as a bar on a terminal, and as a plain line now and then when `out` is not one. A time
+    limit's plan (budget.py) shows as a line when it is fixed.
     """
-    cfg = session.config.train
-    last_step = min(cfg.steps, until) if until is not None else cfg.steps
+    cfg = session.config.train  # its steps may change: session.planned_steps is the length
     is_main = session.group.is_main
     log = MetricsLog(
         RunDir(run_dir).metrics, session.elapsed_s, enabled=is_main, tensorboard=cfg.tensorboard
     )
     bar = tqdm(
-        total=cfg.steps,
+        total=session.planned_steps,
         initial=session.step,
         desc="train",
         unit="step",
@@ -278,7 +326,7 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     )
     plain = None
     if is_main and not _is_terminal(out):
-        plain = PlainProgress(out, cfg.steps, log.elapsed())
+        plain = PlainProgress(out, session.planned_steps, log.elapsed())
     meter = Throughput(cfg.batch_size * cfg.grad_accum_steps * session.config.model.block_size)
     session.model.train()
     last: dict[str, float] = {}
@@ -301,18 +349,25 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
         with contextlib.closing(log), bar:
             if session.step == 0:
                 last = evaluate_and_save()
-            while session.step < last_step:
+            while session.step < session.planned_steps and (until is None or session.step < until):
+                planning = session.budget is not None
                 loss, grad_norm = train_step(session)
                 if session.step == fault_step:
                     crash(session.group, session.step)
                 meter.steps += 1
+                bar.total = session.planned_steps
+                if plain is not None:
+                    plain.total = session.planned_steps
+                if planning and session.budget is None:
+                    _report_plan(session, run_dir, bar, out)
                 bar.update(1)
                 step = session.step
-                if step % cfg.log_interval == 0 or step == cfg.steps:
+                last_step = step == session.planned_steps
+                if step % cfg.log_interval == 0 or last_step:
                     _log_step(session, log, bar, meter, loss, grad_norm)
                 if plain is not None:
                     plain.update(step, loss, log.elapsed())
-                saved = step % cfg.eval_interval == 0 or step == cfg.steps
+                saved = step % cfg.eval_interval == 0 or last_step
                 if saved:
                     last = evaluate_and_save()
                     meter.restart()  # keep evaluation out of tokens/s
@@ -324,6 +379,19 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     finally:
         stop_request.release()  # from here on Ctrl-C interrupts at once (plot, sample)
     return last
+
+
+def _report_plan(session: Session, run_dir: Path, bar: tqdm, out: TextIO) -> None:
+    """A time limit's plan was fixed: say so, and write it into the run's config.json."""
+    cfg = session.config.train
+    per_step = session.training_s / max(1, session.step)
+    if session.group.is_main:
+        RunDir(run_dir).write_config(session.config)
+        bar.write(
+            f"time limit {cfg.time_limit:g} s: training for {cfg.steps:,} steps "
+            f"({1000 * per_step:.0f} ms a step so far)",
+            file=out,
+        )
 
 
 def _is_terminal(out: TextIO) -> bool:
