@@ -14,6 +14,7 @@ from tinygpt.models.gpt import GPT, KVCache
 from tinygpt.models.layers import (
     FastMatvecLinear,
     apply_rotary,
+    relu_squared,
     two_column_product,
     two_columns_pay,
 )
@@ -123,6 +124,17 @@ def test_zero_init_starts_uniform_and_learns() -> None:
         optimizer.step()
     assert model(idx, idx)[1].item() < 0.5  # gradients reach the zeroed layers
     assert small_gpt(zero_init=True).wte.weight.any()  # a tied head keeps the embedding
+
+
+def test_relu_squared_is_autograds_square_of_relu_bit_for_bit() -> None:
+    x = torch.randn(4, 8, 64, requires_grad=True)
+    grad = torch.randn(4, 8, 64)
+    plain = torch.relu(x).square()
+    (plain_grad,) = torch.autograd.grad(plain, x, grad)
+    ours = relu_squared(x)
+    (our_grad,) = torch.autograd.grad(ours, x, grad)
+    assert torch.equal(ours, plain) and torch.equal(our_grad, plain_grad)
+    assert (our_grad[x < 0] == 0).all()
 
 
 def test_logit_softcap_bounds_the_logits() -> None:

@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig
-from tinygpt.models.layers import FastMatvecLinear, apply_rotary, make_norm, rotary_tables
+from tinygpt.models.layers import (
+    FastMatvecLinear,
+    apply_rotary,
+    make_norm,
+    relu_squared,
+    rotary_tables,
+)
 
 
 @dataclass
@@ -75,14 +81,20 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
+        nh, hs = self.n_head, self.head_size
+        qkv = self.c_attn(x)  # (B, T, 3C)
+        # queries and keys as one tensor of 2 nh heads: normed and rotated in one pass each
+        qk = qkv[..., : 2 * C].view(B, T, 2 * nh, hs)
+        v = qkv[..., 2 * C :]  # (B, T, C)
         if value_embed is not None:  # the token's identity, straight into what it offers
             v = v + value_embed
-        q, k, v = (t.view(B, T, self.n_head, self.head_size).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:  # keeps attention logits bounded at high learning rates
-            q, k = F.rms_norm(q, (self.head_size,)), F.rms_norm(k, (self.head_size,))
+            qk = F.rms_norm(qk, (hs,))
         if rotary is not None:
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            cos, sin = rotary  # (T, hs/2): the same for every head
+            qk = apply_rotary(qk, cos[:, None], sin[:, None])
+        q, k = qk.transpose(1, 2).split(nh, dim=1)  # 2 x (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         mask, is_causal = None, True
         if cache is not None:
             k, v, mask, is_causal = self._extend_cache(cache, k, v)  # (B, nh, pos + T, hs)
@@ -144,7 +156,7 @@ class MLP(nn.Module):
         elif self.activation == "relu":
             h = F.relu(h)
         else:  # relu2: sparse and cheap, works well in speedruns
-            h = F.relu(h).square()
+            h = relu_squared(h)
         return self.dropout(self.c_proj(h))
 
 

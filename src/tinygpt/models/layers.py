@@ -83,6 +83,27 @@ def _fastest_call(call: Callable[[], object], rounds: int = 5, calls: int = 5) -
     return min(times)
 
 
+class ReluSquared(torch.autograd.Function):
+    """relu(x)² with a backward of two products, grad * relu(x) * 2, where autograd's
+    chain (square, then relu) takes four passes over the activations. The same numbers,
+    bit for bit: a product by 2 is exact."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        relu = F.relu(x)
+        ctx.save_for_backward(relu)
+        return relu * relu
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (relu,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return (grad * relu).mul_(2)
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    return ReluSquared.apply(x)  # type: ignore[no-any-return]
+
+
 def make_norm(config: ModelConfig, size: int) -> nn.Module:
     if config.norm == "rmsnorm":
         return nn.RMSNorm(size)
