@@ -1,4 +1,5 @@
-"""Training to a time limit: the plan of a run's length, and runs that follow one."""
+"""Training to a time limit: the plan of a run's length, the schedule that follows it, and
+runs that keep to it."""
 
 from __future__ import annotations
 
@@ -8,42 +9,52 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from tests.test_train import TINY, assert_same_weights
+from tests.test_train import TINY, assert_same_weights, metrics
 from tinygpt.budget import TimeBudget
 from tinygpt.config import OptimConfig, RunConfig
+from tinygpt.optim import LrSchedule
 from tinygpt.runs import resume, train
-from tinygpt.train import Session
+from tinygpt.train import setup
 
-WSD = OptimConfig(schedule="wsd", warmup_steps=5, decay_fraction=0.5)
-
-
-def timed(budget: TimeBudget, *step_seconds: float) -> TimeBudget:
-    for seconds in step_seconds:
-        budget.record(seconds)
-    return budget
+WSD = OptimConfig(lr=1e-2, min_lr=1e-4, schedule="wsd", warmup_steps=5, decay_fraction=0.5)
 
 
 def test_the_plan_fits_the_limit_at_the_recent_speed() -> None:
-    budget = timed(TimeBudget(10.0, 1000, WSD), 0.5, 0.5, *[0.1] * 8)
+    budget = TimeBudget(10.0, 1000)
+    for seconds in (0.5, 0.5, *[0.1] * 8):
+        budget.record(seconds)
     assert budget.seconds_per_step() == pytest.approx(0.1)  # the two first steps left out
-    assert budget.plan(10, trained_s=1.8, seconds_per_step=0.1) == 10 + 79  # 9.7 s - 1.8 s
-    assert budget.is_open(10) and budget.is_open(44)  # the decay starts at 89 - 44 = 45
-    assert not budget.is_open(45)
+    assert budget.plan(10, trained_s=1.8, seconds_per_step=0.1) == 10 + 80  # 9.8 s - 1.8 s left
     assert budget.plan(10, trained_s=1.0, seconds_per_step=0.001) == 1000  # at most steps
+    assert budget.plan(60, trained_s=12.0, seconds_per_step=0.1) == 60  # out of time: now
 
 
-def test_a_plan_never_ends_before_the_steps_already_taken_at_a_stable_rate() -> None:
-    budget = TimeBudget(10.0, 1000, WSD)
-    # out of time at step 60: a plan of 60 would have started its decay at 30
-    assert budget.plan(60, trained_s=9.9, seconds_per_step=0.1) == 120
-    assert not budget.is_open(60)  # so it is fixed now, decaying from here to 120
+def schedule(total: int) -> LrSchedule:
+    return LrSchedule(torch.optim.SGD([torch.zeros(1)], lr=1e-2), WSD, total)
 
 
-def test_a_constant_rate_leaves_the_plan_open_to_the_end() -> None:
-    budget = TimeBudget(1.0, 1000, OptimConfig(schedule="constant", warmup_steps=0))
-    assert budget.plan(10, trained_s=0.2, seconds_per_step=0.01) == 10 + 77
-    assert budget.is_open(86) and not budget.is_open(87)
+def test_a_new_length_before_the_decay_simply_takes_over() -> None:
+    changed = schedule(100)
+    changed.change_length(60, step=20)  # the decay starts at 50 for 100 steps, 30 for 60
+    assert changed.bend is None
+    assert [changed.scale_at(s) for s in range(60)] == [schedule(60).scale_at(s) for s in range(60)]
+
+
+def test_a_new_length_in_the_decay_goes_on_from_the_rate_it_had() -> None:
+    changed = schedule(100)
+    before = changed.scale_at(70)  # 40% down the decay from step 50
+    changed.change_length(80, step=70)
+    assert changed.bend == (70, before)
+    rates = [changed.scale_at(s) for s in range(70, 80)]
+    assert rates[0] == before and rates == sorted(rates, reverse=True)
+    floor = WSD.min_lr / WSD.lr
+    assert rates[-1] - floor == pytest.approx((before - floor) / 10)  # one step from the floor
+    # a length planned before the decay that a shorter plan has already passed bends too
+    late = schedule(100)
+    late.change_length(40, step=30)  # 40 steps would have decayed from step 20
+    assert late.bend == (30, 1.0)
 
 
 def time_limited(**train: object) -> RunConfig:
@@ -55,60 +66,57 @@ def time_limited(**train: object) -> RunConfig:
     return RunConfig.from_dict(values)
 
 
-@pytest.fixture
-def steps_of_5_ms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every training step takes 5 ms on the engine's clock, whatever the machine does."""
-    now = [0.0]
+def engine_clock(monkeypatch: pytest.MonkeyPatch, step_ms: object) -> None:
+    """The training engine's clock: step i (counting from 0 in this process) takes
+    step_ms(i) milliseconds, whatever the machine does."""
+    state = {"now": 0.0, "reads": 0}
 
     def perf_counter() -> float:
-        now[0] += 0.005  # read at the start and at the end of a step
-        return now[0]
+        if state["reads"] % 2:  # read at the start and at the end of each step
+            state["now"] += step_ms(state["reads"] // 2) / 1000  # type: ignore[operator]
+        state["reads"] += 1
+        return state["now"]
 
     monkeypatch.setattr("tinygpt.train.time", SimpleNamespace(perf_counter=perf_counter))
 
 
 def test_a_time_limited_run_is_the_run_of_its_planned_length(
-    shakespeare, tmp_path: Path, steps_of_5_ms: None
+    shakespeare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    engine_clock(monkeypatch, lambda step: 5)
     out = io.StringIO()
     train(time_limited(), tmp_path / "limited", out=out)
     planned = json.loads((tmp_path / "limited" / "config.json").read_text())["train"]["steps"]
-    assert 90 <= planned <= 97  # 0.5 s x 0.97 at 5 ms a step
+    assert planned == 98  # 0.5 s x 0.98 at 5 ms a step
     text = out.getvalue()
     assert "as many steps as fit in 0.5 s (at most 400 steps)" in text
-    assert f"time limit 0.5 s: training for {planned} steps (5 ms a step so far)" in text
-    assert f"step {planned}: train loss" in text
+    assert "time limit 0.5 s: 98 steps in 0.5 s of training (5 ms a step)" in text
+    assert "step 98: train loss" in text
 
     # the same weights, bit for bit, as a run told that length from the start ...
     train(time_limited(steps=planned, time_limit=0.0), tmp_path / "plain", out=io.StringIO())
     assert_same_weights(tmp_path / "limited", tmp_path / "plain")
-    # ... and as a time-limited run stopped after its plan was fixed, then resumed
+    # ... and as a time-limited run stopped part-way and resumed
     train(time_limited(), tmp_path / "split", out=io.StringIO(), until=60)
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["train"]["steps"] == 400
     resume(tmp_path / "split", out=io.StringIO())
     assert_same_weights(tmp_path / "limited", tmp_path / "split")
 
 
-def test_a_run_stopped_before_its_plan_is_fixed_goes_on_planning(
-    shakespeare, tmp_path: Path, steps_of_5_ms: None
+def test_a_machine_that_slows_down_shortens_the_run_and_the_rate_still_lands(
+    shakespeare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    train(time_limited(), tmp_path / "split", out=io.StringIO(), until=20)
-    saved = json.loads((tmp_path / "split" / "config.json").read_text())["train"]
-    assert saved["steps"] == 400  # not planned yet: the limit and the most steps
-    out = io.StringIO()
-    resume(tmp_path / "split", out=out)
-    assert "time limit 0.5 s: training for" in out.getvalue()
-    train(time_limited(), tmp_path / "whole", out=io.StringIO())
-    assert_same_weights(tmp_path / "whole", tmp_path / "split")  # the 0.1 s done count
+    engine_clock(monkeypatch, lambda step: 5 if step < 150 else 10)  # twice as slow from 150
+    config = time_limited(steps=1000, time_limit=2.0, eval_interval=100)
+    train(config, tmp_path / "run", out=io.StringIO())
+    steps = [line for line in metrics(tmp_path / "run") if "lr" in line]
+    end = steps[-1]["step"]
+    assert end == 150 + round((1.96 - 0.75) / 0.010)  # 392 planned at first; what fits
+    rates = [line["lr"] for line in steps]
+    assert rates == sorted(rates, reverse=True)  # the decay bent, it never jumped up
+    assert rates[-1] < 1.5 * config.optim.min_lr  # and it ends at its floor, at the new end
 
 
-def test_planned_steps_is_the_config_s_without_a_limit(shakespeare) -> None:
-    from tinygpt.train import setup
-
-    session: Session = setup(time_limited(time_limit=0.0))
+def test_without_a_limit_the_length_is_the_configs(shakespeare) -> None:
+    session = setup(time_limited(time_limit=0.0))
     assert session.budget is None and session.planned_steps == 400
-
-
-def test_a_plan_shorter_than_the_warmup_is_fixed_at_its_end() -> None:
-    budget = TimeBudget(1.0, 1000, WSD)  # warmup 5 steps
-    assert budget.plan(1, trained_s=0.77, seconds_per_step=0.1) == 1 + 2
-    assert budget.is_open(2) and not budget.is_open(3)  # fixed at its end, still warming up

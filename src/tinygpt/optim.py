@@ -179,9 +179,8 @@ def lr_scale_at(step: int, config: OptimConfig, total_steps: int) -> float:
 
 def length_matters_from(config: OptimConfig, total_steps: int) -> int:
     """The first step whose learning rate depends on the run's length (`total_steps`):
-    where a wsd schedule's decay starts, where a cosine one's warmup ends; a constant rate
-    never depends on it. A run that plans its length as it goes must fix it by then, and at
-    the latest at its end."""
+    where a wsd schedule's decay starts, where a cosine one's warmup ends, at the latest
+    the end; a constant rate never depends on it."""
     if config.schedule == "constant":
         return total_steps
     if config.schedule == "cosine":
@@ -193,18 +192,55 @@ def length_matters_from(config: OptimConfig, total_steps: int) -> int:
 class LrSchedule:
     """Sets each param group's learning rate to its peak (the rate it was created with)
     times `lr_scale_at(step)`: Muon's groups and AdamW's follow one schedule at their own
-    heights. A pure function of the step, so a resumed run gets the same rates."""
+    heights. A pure function of the step and the run's length, so a resumed run gets the
+    same rates.
+
+    A run that changes its length as it goes (a time limit, budget.py) calls
+    `change_length`. Where the rates so far do not depend on the length (a wsd schedule
+    before its decay, any schedule in its warmup) the new length simply takes over; past
+    that point the rate goes on from where it is, in a straight line down to the floor at
+    the new end (`bend`), so it never jumps.
+    """
 
     def __init__(
         self, optimizer: torch.optim.Optimizer | OptimizerPair, config: OptimConfig, total: int
     ) -> None:
         self.optimizer, self.config, self.total_steps = optimizer, config, total
         self.peaks = [group["lr"] for group in optimizer.param_groups]
+        self.bend: tuple[int, float] | None = None  # (step, scale) where the straight line starts
+
+    def scale_at(self, step: int) -> float:
+        if self.bend is None or step < self.bend[0]:
+            return lr_scale_at(step, self.config, self.total_steps)
+        start, scale = self.bend
+        floor = self.config.min_lr / self.config.lr
+        progress = min(1.0, (step - start) / max(1, self.total_steps - start))
+        return scale + progress * (floor - scale)
 
     def set_for(self, step: int) -> float:
         """Set the rates for optimizer step `step`; return the scale."""
-        scale = lr_scale_at(step, self.config, self.total_steps)
+        scale = self.scale_at(step)
         # loading a state dict replaces the group dicts: ask for them each time
         for group, peak in zip(self.optimizer.param_groups, self.peaks, strict=True):
             group["lr"] = peak * scale
         return scale
+
+    def change_length(self, total: int, step: int) -> None:
+        """Make the run `total` steps long, from optimizer step `step` (0-based) on."""
+        if total == self.total_steps:
+            return
+        untouched = min(
+            length_matters_from(self.config, self.total_steps),
+            length_matters_from(self.config, total),
+        )
+        if self.bend is not None or step > untouched:
+            self.bend = (step, self.scale_at(step))
+        self.total_steps = total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total_steps": self.total_steps, "bend": list(self.bend) if self.bend else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total_steps = int(state["total_steps"])
+        bend = state["bend"]
+        self.bend = (int(bend[0]), float(bend[1])) if bend is not None else None

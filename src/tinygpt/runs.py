@@ -210,9 +210,11 @@ def resume(
 
 
 def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
+    """The config to resume with: `steps` in all, if given (which ends a time limit)."""
     if steps is None:
         return config
-    return dataclasses.replace(config, train=dataclasses.replace(config.train, steps=steps))
+    train = dataclasses.replace(config.train, steps=steps, time_limit=0.0)
+    return dataclasses.replace(config, train=train)
 
 
 def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) -> dict[str, float]:

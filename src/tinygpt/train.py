@@ -71,12 +71,12 @@ class Session:
     best_val_loss: float = math.inf
     elapsed_s: float = 0.0  # wall time of the run before this process (resumed runs)
     training_s: float = 0.0  # time in training steps, over all of the run's processes
-    budget: TimeBudget | None = None  # plans the length while a time limit leaves it open
+    budget: TimeBudget | None = None  # plans the length of a time-limited run until its end
 
     @property
     def planned_steps(self) -> int:
         """The run's length: train.steps, or what a time limit plans so far."""
-        return self.budget.planned if self.budget else self.config.train.steps
+        return self.schedule.total_steps
 
 
 def setup(
@@ -129,7 +129,7 @@ def setup(
         group=group,
     )
     if config.train.time_limit > 0:
-        session.budget = TimeBudget(config.train.time_limit, config.train.steps, config.optim)
+        session.budget = TimeBudget(config.train.time_limit, config.train.steps)
     return session
 
 
@@ -140,6 +140,7 @@ def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
         "best_val_loss": session.best_val_loss,
         "elapsed_s": elapsed_s,
         "training_s": session.training_s,
+        "schedule": session.schedule.state_dict(),  # a time limit's plan so far
         "optimizer": session.optimizer.state_dict(),
         "batch_generator": session.generator.get_state(),
         "rng": rng_states(session.device),
@@ -151,6 +152,8 @@ def restore_train_state(session: Session, state: dict[str, Any]) -> None:
     session.best_val_loss = float(state["best_val_loss"])
     session.elapsed_s = float(state["elapsed_s"])
     session.training_s = float(state.get("training_s", state["elapsed_s"]))
+    if session.budget is not None and "schedule" in state:
+        session.schedule.load_state_dict(state["schedule"])
     session.optimizer.load_state_dict(state["optimizer"])
     session.generator.set_state(state["batch_generator"])
     set_rng_states(state["rng"])
@@ -220,7 +223,6 @@ def train_step(session: Session) -> tuple[float, float]:
     A non-finite loss or gradient norm raises TrainingDiverged before the update.
     """
     start = time.perf_counter()
-    _fix_length_once_it_matters(session)
     cfg = session.config
     accum = cfg.train.grad_accum_steps
     session.schedule.set_for(session.step)
@@ -257,30 +259,22 @@ def train_step(session: Session) -> tuple[float, float]:
 
 
 def _plan_length(session: Session, step_s: float) -> None:
-    """Plan the run's length from the time limit and the recent speed (budget.py)."""
+    """Plan the run's length from the time limit and the recent speed (budget.py); at its
+    end, the length becomes the config's train.steps."""
     budget = session.budget
     assert budget is not None
     budget.record(step_s)
     speed = budget.seconds_per_step()
-    due = session.step % REPLAN_EVERY == 0 or not budget.is_open(session.step)
-    if due and speed is not None:
+    if session.step % REPLAN_EVERY == 0 and speed is not None:
         group, device = session.group, session.device  # every rank makes the same plan
         speed = all_mean(speed, group, device)
         trained_s = all_mean(session.training_s, group, device)
-        session.schedule.total_steps = budget.plan(session.step, trained_s, speed)
-    _fix_length_once_it_matters(session)
-
-
-def _fix_length_once_it_matters(session: Session) -> None:
-    """Before the first step whose learning rate depends on the planned length, make the
-    plan the config's train.steps; from there on the run is an ordinary one."""
-    budget = session.budget
-    if budget is None or budget.is_open(session.step):
-        return
-    train = dataclasses.replace(session.config.train, steps=budget.planned)
-    session.config = dataclasses.replace(session.config, train=train)
-    session.schedule.total_steps = budget.planned
-    session.budget = None
+        planned = budget.plan(session.step, trained_s, speed)
+        session.schedule.change_length(planned, session.step)
+    if session.step >= session.planned_steps:
+        train = dataclasses.replace(session.config.train, steps=session.step)
+        session.config = dataclasses.replace(session.config, train=train)
+        session.budget = None
 
 
 def _gradient_sync(session: Session, last_micro_step: bool) -> contextlib.AbstractContextManager:
@@ -310,7 +304,7 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     A SIGINT or SIGTERM ends it at the next step boundary with a checkpoint; one during an
     evaluation abandons it at its next batch and saves the step without it. Progress shows
     as a bar on a terminal, and as a plain line now and then when `out` is not one. A time
-    limit's plan (budget.py) shows as a line when it is fixed.
+    limit's plan (budget.py) sets the bar's length as it goes, and its end shows as a line.
     """
     cfg = session.config.train  # its steps may change: session.planned_steps is the length
     is_main = session.group.is_main
@@ -359,7 +353,7 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
                 if plain is not None:
                     plain.total = session.planned_steps
                 if planning and session.budget is None:
-                    _report_plan(session, run_dir, bar, out)
+                    _report_time_limit(session, run_dir, bar, out)
                 bar.update(1)
                 step = session.step
                 last_step = step == session.planned_steps
@@ -381,15 +375,15 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
     return last
 
 
-def _report_plan(session: Session, run_dir: Path, bar: tqdm, out: TextIO) -> None:
-    """A time limit's plan was fixed: say so, and write it into the run's config.json."""
+def _report_time_limit(session: Session, run_dir: Path, bar: tqdm, out: TextIO) -> None:
+    """A time-limited run reached its planned end: say so, and write its length into the
+    run's config.json."""
     cfg = session.config.train
-    per_step = session.training_s / max(1, session.step)
     if session.group.is_main:
         RunDir(run_dir).write_config(session.config)
         bar.write(
-            f"time limit {cfg.time_limit:g} s: training for {cfg.steps:,} steps "
-            f"({1000 * per_step:.0f} ms a step so far)",
+            f"time limit {cfg.time_limit:g} s: {cfg.steps:,} steps in {session.training_s:.1f} s "
+            f"of training ({1000 * session.training_s / max(1, cfg.steps):.0f} ms a step)",
             file=out,
         )
 
