@@ -89,7 +89,7 @@ def test_a_time_limited_run_is_the_run_of_its_planned_length(
     planned = json.loads((tmp_path / "limited" / "config.json").read_text())["train"]["steps"]
     assert planned == 98  # 0.5 s x 0.98 at 5 ms a step
     text = out.getvalue()
-    assert "as many steps as fit in 0.5 s (at most 400 steps)" in text
+    assert "steps of 64 tokens, as many as fit in 0.5 s (at most 400)" in text
     assert "time limit 0.5 s: 98 steps in 0.5 s of training (5 ms a step)" in text
     assert "step 98: train loss" in text
 

@@ -241,15 +241,18 @@ def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
     group = f", {session.group.world_size} processes" if session.group.enabled else ""
     optimizer = "Muon + AdamW" if cfg.optim.optimizer == "muon" else "AdamW"
     tokens = cfg.train.batch_size * cfg.train.grad_accum_steps * cfg.model.block_size
-    length = f"{cfg.train.steps:,} steps"
-    if session.budget is not None:  # the plan is still open
-        length = f"as many steps as fit in {cfg.train.time_limit:g} s (at most {length})"
+    length = f"{cfg.train.steps:,} steps of {tokens:,} tokens"
+    if session.budget is not None:  # a time limit plans the length
+        length = (
+            f"steps of {tokens:,} tokens, as many as fit in {cfg.train.time_limit:g} s "
+            f"(at most {cfg.train.steps:,})"
+        )
     lines = {
         "model": f"{session.model.describe()}; {n_params:,} parameters ({n_params / 1e6:.6f}M)",
         "parameters": parameter_summary(session.model),
         "data": f"{cfg.data.dataset}: {len(data.train):,} train and {len(data.val):,} val "
         f"tokens, vocabulary {data.tokenizer.vocab_size} ({cfg.data.tokenizer})",
-        "training": f"{length} of {tokens:,} tokens, {optimizer}, "
+        "training": f"{length}, {optimizer}, "
         f"{cfg.optim.schedule} schedule, seed {cfg.train.seed}",
         "device": f"{session.device}, {precision}{group}",
         "run directory": f"{run_dir} (full config: {RunDir(run_dir).config})",
