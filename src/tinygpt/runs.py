@@ -252,8 +252,7 @@ def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
         "parameters": parameter_summary(session.model),
         "data": f"{cfg.data.dataset}: {len(data.train):,} train and {len(data.val):,} val "
         f"tokens, vocabulary {data.tokenizer.vocab_size} ({cfg.data.tokenizer})",
-        "training": f"{length}, {optimizer}, "
-        f"{cfg.optim.schedule} schedule, seed {cfg.train.seed}",
+        "training": f"{length}, {optimizer}, {cfg.optim.schedule} schedule, seed {cfg.train.seed}",
         "device": f"{session.device}, {precision}{group}",
         "run directory": f"{run_dir} (full config: {RunDir(run_dir).config})",
     }

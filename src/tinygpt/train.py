@@ -264,8 +264,8 @@ def _plan_length(session: Session, step_s: float) -> None:
     budget = session.budget
     assert budget is not None
     budget.record(step_s)
-    speed = budget.seconds_per_step()
-    if session.step % REPLAN_EVERY == 0 and speed is not None:
+    speed = budget.seconds_per_step() if session.step % REPLAN_EVERY == 0 else None
+    if speed is not None:
         group, device = session.group, session.device  # every rank makes the same plan
         speed = all_mean(speed, group, device)
         trained_s = all_mean(session.training_s, group, device)
