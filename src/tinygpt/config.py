@@ -149,7 +149,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = option(2000, "optimizer steps to train for (with a time_limit: at most)")
+    steps: int = option(2000, "optimizer steps to train for")
     time_limit: float = option(
         0.0,
         "seconds of training steps to fit the run into: as many steps as the measured speed "
