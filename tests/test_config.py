@@ -43,6 +43,7 @@ def test_precedence_defaults_preset_file_overrides(tmp_path: Path) -> None:
         ({"train": {"steps": "10"}}, "train.steps must be of type int"),
         ({"train": {"steps": True}}, "train.steps must be of type int"),
         ({"train": {"steps": 0}}, "train.steps must be at least 1"),
+        ({"train": {"time_limit": -1.0}}, "train.time_limit must be 0 or positive"),
         ({"model": {"block_size": -1}}, "model.block_size must be at least 1"),
         ({"optim": {"lr": 0.0}}, "optim.lr must be positive"),
         ({"optim": {"lr": float("nan")}}, "finite number"),
