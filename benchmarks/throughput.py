@@ -25,7 +25,7 @@ import torch
 
 from tinygpt.batches import random_batch
 from tinygpt.cli import add_config_options, config_overrides
-from tinygpt.config import preset_names, resolve
+from tinygpt.config import RunConfig, preset_names, resolve
 from tinygpt.models import count_parameters
 from tinygpt.train import Session, setup, train_step
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--timed", type=int, default=50, help="timed steps")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     parser.add_argument("--plain", action="store_true", help="also time a plain loop")
-    add_config_options(parser)
+    add_config_options(parser, RunConfig())  # the help shows the built-in defaults
     args = parser.parse_args()
     config = resolve(args.preset, overrides=config_overrides(args))
     session = setup(config)

@@ -35,3 +35,18 @@ def test_nanogpt_curve_clocks_training_steps_only() -> None:
         assert loss == pytest.approx(3 - step / 1000)
     assert time_to(curve, 2.5) == pytest.approx(5.0)
     assert time_to(curve, 1.0) == float("inf")
+
+
+@pytest.mark.parametrize(
+    "script",
+    sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")),
+)
+def test_every_benchmark_script_parses_its_options(script: str) -> None:
+    """A script that no longer matches the library's signatures fails before its first
+    figure: each answers --help."""
+    import subprocess
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage:" in done.stdout
