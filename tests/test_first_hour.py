@@ -200,7 +200,7 @@ def test_train_help_shows_the_values_that_run(cli) -> None:
     code, out, _ = cli("train", "--help")
     flat = " ".join(out.split())
     assert code == 0 and "cpu-fast (the default on a CPU" in flat
-    assert "optimizer steps to train for (default: 420)" in flat
+    assert "optimizer steps to train for (default: 300)" in flat
     assert "rotary position encoding instead of learned positions (default: True)" in flat
     code, out, _ = cli("train", "--preset", "cpu-baby", "--help")
     flat = " ".join(out.split())

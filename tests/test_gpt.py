@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tinygpt.config import ModelConfig
+from tinygpt.errors import UserError
 from tinygpt.models import build_model, count_parameters
 from tinygpt.models.gpt import GPT, KVCache
 from tinygpt.models.layers import (
@@ -33,6 +34,8 @@ SWITCHES = {
     "embed_skip": {"embed_skip": True},
     "value_embeds": {"value_embeds": True},
     "softcap": {"logit_softcap": 15.0},
+    "smear": {"smear": 3},
+    "ngram": {"ngram": 3},
     "modern": {"rotary": True, "norm": "rmsnorm", "qk_norm": True, "activation": "relu2",
                "tie_weights": False, "bias": False},
 }  # fmt: skip
@@ -40,7 +43,13 @@ SWITCHES = {
 
 def small_gpt(**switches: object) -> GPT:
     torch.manual_seed(0)
-    return GPT(dataclasses.replace(SMALL, **switches), VOCAB)
+    model = GPT(dataclasses.replace(SMALL, **switches), VOCAB)
+    with torch.no_grad():  # both start at zero, where they would change nothing
+        if model.smear_gates is not None:
+            model.smear_gates.normal_()
+        if model.ngram is not None:
+            model.ngram.weight.normal_()
+    return model
 
 
 @pytest.mark.parametrize("name", SWITCHES)
@@ -151,7 +160,35 @@ def test_embed_skip_and_value_embeds_add_few_parameters() -> None:
     assert count_parameters(small_gpt(value_embeds=True)) == base + SMALL.n_layer * VOCAB * 32
 
 
-@pytest.mark.parametrize("name", ["lecture", "rotary", "modern", "value_embeds"])
+def test_smear_adds_the_gated_embeddings_of_earlier_tokens() -> None:
+    model = small_gpt(smear=2)
+    idx = torch.randint(VOCAB, (2, 16))
+    emb, (g1, g2) = model.wte(idx), model.smear_gates
+    expected = emb.clone()
+    expected[:, 1:] += g1 * emb[:, :-1]
+    expected[:, 2:] += g2 * emb[:, :-2]  # none before the window's first token
+    torch.testing.assert_close(model._embed(idx, 0, None), expected)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_ngram_table_adds_the_row_of_the_last_tokens(n: int) -> None:
+    model = small_gpt(ngram=n, zero_init=True, tie_weights=False)  # a zero head: only the table
+    table = model.ngram.weight
+    assert table.shape == ((VOCAB if n == 2 else (VOCAB + 1) * VOCAB), VOCAB)
+    idx = torch.randint(VOCAB, (2, 16))
+    logits, _ = model(idx)
+    for b, t in ((0, 0), (0, 5), (1, 15)):
+        row = idx[b, t] if n == 2 else (idx[b, t - 1] + 1 if t else 0) * VOCAB + idx[b, t]
+        torch.testing.assert_close(logits[b, t], table[row])
+
+
+def test_ngram_table_of_a_large_vocabulary_is_refused() -> None:
+    with pytest.raises(UserError, match=r"model\.ngram 3 needs"):
+        GPT(dataclasses.replace(SMALL, ngram=3), 50257)
+    assert GPT(dataclasses.replace(SMALL, ngram=2), 2048).ngram.weight.shape == (2048, 2048)
+
+
+@pytest.mark.parametrize("name", ["lecture", "rotary", "modern", "value_embeds", "smear", "ngram"])
 def test_kv_cache_gives_the_same_logits(name: str) -> None:
     model = small_gpt(**SWITCHES[name]).eval()
     idx = torch.randint(VOCAB, (3, 16))

@@ -106,6 +106,7 @@ def test_export_matches_transformers(
         ({"rotary": True}, "model.rotary"),
         ({"norm": "rmsnorm", "qk_norm": True}, "model.norm = 'rmsnorm'"),
         ({"value_embeds": True, "logit_softcap": 15.0}, "model.logit_softcap"),
+        ({"smear": 3, "ngram": 3}, "model.ngram = 3"),
     ],
 )
 def test_export_refuses_what_gpt2_cannot_hold(

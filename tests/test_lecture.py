@@ -47,7 +47,7 @@ def test_the_notebook_model_is_shown_part_by_part(cli, shakespeare) -> None:
     assert code == 0 and "209,729 parameters (0.209729M)" in out
     assert "blocks 4 x 49,792 (sa 16,448, ffwd 33,088, ln1 128, ln2 128)" in out
     summary = parameter_summary(build_model(resolve("cpu-fast").model, 65))
-    assert summary.startswith("wte 4,160; blocks 4 x 49,282 (ln_1 64, attn 16,384")
+    assert summary.startswith("wte 4,160; blocks 2 x 49,282 (ln_1 64, attn 16,384")
 
 
 def test_attention_is_scaled_by_the_embedding_width_as_the_lecture_code_was() -> None:

@@ -95,6 +95,10 @@ class ModelConfig:
     zero_init: bool = option(False, "start output projections (and an untied head) at zero")
     embed_skip: bool = option(False, "feed the token embedding to every block (learned mix)")
     value_embeds: bool = option(False, "add a per-block token embedding to attention values")
+    smear: int = option(0, "add the embeddings of the N tokens before each (learned gates)")
+    ngram: int = option(
+        0, "add an n-gram table's logits: 2 by the last token, 3 by the last two (0: none)"
+    )
     logit_softcap: float = option(0.0, "squash logits into (-c, c) with c*tanh(x/c) (0: off)")
     lecture_step: LectureStep = option(
         "layernorm", "arch lecture: how far along the lecture's code (models/lecture.py)"
@@ -114,6 +118,8 @@ class ModelConfig:
         )
         _require(0 <= self.dropout < 1, "model.dropout must be in [0, 1)")
         _require(self.logit_softcap >= 0, "model.logit_softcap must not be negative")
+        _require(self.smear >= 0, "model.smear must not be negative")
+        _require(self.ngram in (0, 2, 3), "model.ngram must be 0 (none), 2 or 3")
 
 
 @dataclass

@@ -45,6 +45,8 @@ UNMAPPABLE = {
     "qk_norm": "GPT-2 does not normalise queries and keys",
     "embed_skip": "GPT-2's blocks read only the residual stream",
     "value_embeds": "GPT-2 has no per-block value embeddings",
+    "smear": "GPT-2 embeds each token alone",
+    "ngram": "GPT-2 has no n-gram table",
     "logit_softcap": "GPT-2 does not cap its logits",
 }
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig
+from tinygpt.errors import UserError
 from tinygpt.models.layers import (
     FastMatvecLinear,
     apply_rotary,
@@ -26,6 +27,8 @@ from tinygpt.models.layers import (
     relu_squared,
     rotary_tables,
 )
+
+MAX_NGRAM_ROWS = 1 << 20  # an n-gram table of more rows is too big to learn in a small run
 
 
 @dataclass
@@ -39,6 +42,7 @@ class KVCache:
 
     keys: list[torch.Tensor]  # n_layer x (B, nh, max_len, hs)
     values: list[torch.Tensor]
+    tokens: torch.Tensor  # (B, max_len): the window's token ids, for looking back (smear)
     pos: int = 0
     max_len: int = field(init=False)
 
@@ -52,7 +56,8 @@ class KVCache:
         hs = config.n_embd // config.n_head
         shape = (batch_size, config.n_head, config.block_size, hs)
         make = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * config.n_layer)]
-        return cls(keys=make[: config.n_layer], values=make[config.n_layer :])
+        tokens = torch.zeros(batch_size, config.block_size, device=device, dtype=torch.long)
+        return cls(keys=make[: config.n_layer], values=make[config.n_layer :], tokens=tokens)
 
     def reset(self) -> None:
         self.pos = 0
@@ -216,6 +221,18 @@ class GPT(nn.Module):
             tables = (nn.Embedding(vocab_size, config.n_embd) for _ in range(config.n_layer))
             self.value_embeds = nn.ModuleList(tables)
         self.ln_f = make_norm(config, config.n_embd)
+        self.smear_gates = None
+        if config.smear:  # (smear, C): how much of the embedding 1, 2, ... tokens back to add
+            self.smear_gates = nn.Parameter(torch.zeros(config.smear, config.n_embd))
+        self.ngram = None
+        if config.ngram:  # the lecture's bigram table, or one row per pair of tokens
+            rows = vocab_size if config.ngram == 2 else (vocab_size + 1) * vocab_size
+            if rows > MAX_NGRAM_ROWS:
+                raise UserError(
+                    f"model.ngram {config.ngram} needs {rows:,} rows of {vocab_size:,} logits: "
+                    "use it with a small (character) vocabulary"
+                )
+            self.ngram = nn.Embedding(rows, vocab_size)
         self.lm_head = FastMatvecLinear(config.n_embd, vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
@@ -230,7 +247,7 @@ class GPT(nn.Module):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
         if config.zero_init:  # every block starts as the identity; the head starts uniform
             for name, param in self.named_parameters():
-                if name.endswith("c_proj.weight") or name == "lm_head.weight":
+                if name.endswith("c_proj.weight") or name in ("lm_head.weight", "ngram.weight"):
                     nn.init.zeros_(param)  # a tied head is the embedding: not listed here
 
     def crop_block_size(self, block_size: int) -> None:
@@ -287,6 +304,40 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def _with_earlier(
+        self, idx: torch.Tensor, start: int, cache: KVCache | None, back: int
+    ) -> tuple[torch.Tensor, int]:
+        """(B, T) tokens -> (B, known + T) with the `known` (<= back) tokens of the window
+        before them: in a cached pass they come from the cache, else there are none."""
+        if cache is None:
+            return idx, 0
+        known = min(back, start)
+        return cache.tokens[:, start - known : start + idx.size(1)], known
+
+    def _embed(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+        """(B, T) tokens -> (B, T, C) embeddings; with `smear`, each plus the gated embeddings
+        of the `smear` tokens before it in the window (none before the window's first)."""
+        if self.smear_gates is None:
+            return self.wte(idx)
+        lags, T = self.smear_gates.size(0), idx.size(1)
+        idx, looked_back = self._with_earlier(idx, start, cache, lags)
+        emb = self.wte(idx)  # (B, looked_back + T, C)
+        x = emb[:, looked_back:]  # (B, T, C)
+        emb = F.pad(emb, (0, 0, lags - looked_back, 0))  # (B, lags + T, C): zeros first
+        for lag, gate in enumerate(self.smear_gates, start=1):
+            x = x + gate * emb[:, lags - lag : lags - lag + T]  # the tokens `lag` back
+        return x
+
+    def _ngram_rows(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+        """(B, T) tokens -> (B, T) rows of the n-gram table: the token itself (n=2), or the
+        pair of it and the token before it (n=3; a window's first token pairs with 'none')."""
+        if self.config.ngram == 2:
+            return idx
+        vocab_size, T = self.ngram.embedding_dim, idx.size(1)  # type: ignore[union-attr]
+        idx, known = self._with_earlier(idx, start, cache, 1)
+        before = F.pad(idx, (1 - known, 0), value=-1)[:, :T]  # (B, T): -1 for none
+        return (before + 1) * vocab_size + idx[:, known:]
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -297,7 +348,9 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
-        x = self.wte(idx)  # (B, T, C)
+        if cache is not None:  # smear and ngram look back at the window's earlier tokens
+            cache.tokens[:, start : start + T] = idx
+        x = self._embed(idx, start, cache)  # (B, T, C)
         rotary = None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast
@@ -310,6 +363,8 @@ class GPT(nn.Module):
             x = block(x, x0, value_embed, rotary, cache)  # (B, T, C)
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
+        if self.ngram is not None:  # local statistics, learned directly: (B, T, V)
+            logits = logits + self.ngram(self._ngram_rows(idx, start, cache))
         if self.config.logit_softcap > 0:  # confident but never unboundedly so
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
