@@ -183,8 +183,10 @@ def test_ngram_table_adds_the_row_of_the_last_tokens(n: int) -> None:
 
 
 def test_ngram_table_of_a_large_vocabulary_is_refused() -> None:
-    with pytest.raises(UserError, match=r"model\.ngram 3 needs"):
-        GPT(dataclasses.replace(SMALL, ngram=3), 50257)
+    with pytest.raises(UserError, match=r"model\.ngram 3 needs 134,479,872 parameters"):
+        GPT(dataclasses.replace(SMALL, ngram=3), 512)  # a small BPE's pairs: too many
+    with pytest.raises(UserError, match=r"model\.ngram 2 needs"):
+        GPT(dataclasses.replace(SMALL, ngram=2), 50257)
     assert GPT(dataclasses.replace(SMALL, ngram=2), 2048).ngram.weight.shape == (2048, 2048)
 
 

@@ -173,3 +173,19 @@ def test_compiled_model_trains(shakespeare, tmp_path: Path) -> None:
     names = weights(tmp_path / "run").keys()
     assert "blocks.0.mlp.c_fc.weight" in names  # saved without the _orig_mod. prefix
     assert not any(name.startswith("_orig_mod") for name in names)
+
+
+def test_a_pair_table_too_big_for_the_vocabulary_is_turned_off_with_a_note(
+    shakespeare, tmp_path: Path, capsys
+) -> None:
+    values = {**TINY, "model": {**TINY["model"], "ngram": 3}, "data": {"tokenizer": "byte"}}
+    values["train"] = {**TINY["train"], "steps": 4, "eval_interval": 2}
+    train(RunConfig.from_dict(values), tmp_path / "run", out=io.StringIO(), until=2)
+    assert "model.ngram 3 is off" in capsys.readouterr().err  # 257 x 256 x 256 logits
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["ngram"] == 0
+    resume(tmp_path / "run", out=io.StringIO())  # the saved run builds the model that ran
+    assert "ngram.weight" not in weights(tmp_path / "run")
+    values["data"] = {"tokenizer": "char"}
+    train(RunConfig.from_dict(values), tmp_path / "char", out=io.StringIO(), until=2)
+    assert "ngram.weight" in weights(tmp_path / "char")
+    assert "is off" not in capsys.readouterr().err

@@ -76,7 +76,7 @@ def train(
         if run_dir.exists():
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
-        RunDir(run_dir).write_config(config)
+        RunDir(run_dir).write_config(session.config)
     barrier(session.group)
     return run(session, run_dir, out, until)
 

@@ -33,6 +33,7 @@ from tinygpt.evaluate import EvaluationStopped, bits_per_byte, estimate_loss, ne
 from tinygpt.faults import crash, planned_fault, stop_request
 from tinygpt.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.models import build_model
+from tinygpt.models.gpt import fit_to_vocabulary
 from tinygpt.optim import LrSchedule, OptimizerPair, make_optimizer
 from tinygpt.rundir import RunDir
 from tinygpt.runtime import (
@@ -98,6 +99,8 @@ def setup(
     group = distributed_from_env()
     device = init_distributed(group, resolve_device(config.train.device))
     seed_everything(config.train.seed)
+    fitted = fit_to_vocabulary(config.model, data.tokenizer.vocab_size)
+    config = dataclasses.replace(config, model=fitted)  # what runs is what gets saved
     model = build_model(config.model, data.tokenizer.vocab_size)
     if weights is not None:
         model.load_state_dict(weights)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, note
 from tinygpt.models.layers import (
     FastMatvecLinear,
     apply_rotary,
@@ -28,7 +28,27 @@ from tinygpt.models.layers import (
     rotary_tables,
 )
 
-MAX_NGRAM_ROWS = 1 << 20  # an n-gram table of more rows is too big to learn in a small run
+MAX_NGRAM_PARAMETERS = 1 << 23  # a bigger n-gram table is too big to learn in a small run
+
+
+def ngram_parameters(n: int, vocab_size: int) -> int:
+    """The size of the `model.ngram` table: a row of logits per last token (n=2) or per pair
+    of the last two, the first of which may be 'none' (n=3)."""
+    rows = {0: 0, 2: vocab_size, 3: (vocab_size + 1) * vocab_size}[n]
+    return rows * vocab_size
+
+
+def fit_to_vocabulary(config: ModelConfig, vocab_size: int) -> ModelConfig:
+    """The config, with an n-gram table too big for this vocabulary turned off and a note
+    saying so: the CPU default has one, made for characters, and still runs with a BPE."""
+    size = ngram_parameters(config.ngram, vocab_size)
+    if size <= MAX_NGRAM_PARAMETERS:
+        return config
+    note(
+        f"model.ngram {config.ngram} is off: its table would hold {size:,} parameters with "
+        f"{vocab_size:,} tokens; it is for character vocabularies"
+    )
+    return dataclasses.replace(config, ngram=0)
 
 
 @dataclass
@@ -226,13 +246,14 @@ class GPT(nn.Module):
             self.smear_gates = nn.Parameter(torch.zeros(config.smear, config.n_embd))
         self.ngram = None
         if config.ngram:  # the lecture's bigram table, or one row per pair of tokens
-            rows = vocab_size if config.ngram == 2 else (vocab_size + 1) * vocab_size
-            if rows > MAX_NGRAM_ROWS:
+            size = ngram_parameters(config.ngram, vocab_size)
+            if size > MAX_NGRAM_PARAMETERS:
                 raise UserError(
-                    f"model.ngram {config.ngram} needs {rows:,} rows of {vocab_size:,} logits: "
-                    "use it with a small (character) vocabulary"
+                    f"model.ngram {config.ngram} needs {size:,} parameters with "
+                    f"{vocab_size:,} tokens: it is for character vocabularies "
+                    "(--model.ngram 0 turns it off)"
                 )
-            self.ngram = nn.Embedding(rows, vocab_size)
+            self.ngram = nn.Embedding(size // vocab_size, vocab_size)
         self.lm_head = FastMatvecLinear(config.n_embd, vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
