@@ -102,7 +102,8 @@ SPEED_PRESETS = ["cpu-fast", *COMPILED]
 
 @pytest.mark.parametrize("preset", SPEED_PRESETS)
 def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, preset: str) -> None:
-    # the presets' own recipes (Muon, value embeddings, a compiled model), only shortened
+    # the presets' own recipes (Muon, smear and the pair table, value embeddings, a compiled
+    # model), only shortened
     short = {"steps": 8, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
              "sample_tokens": 0, "whole_val": False, "device": "cpu"}  # fmt: skip
     if preset == "gpu-fast":  # its 64 windows a step take seconds each on a CPU
