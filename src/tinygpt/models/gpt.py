@@ -2,8 +2,10 @@
 
 One GPT class. The lecture's model is the default; modern choices are switches on the same
 class (`rotary`, `norm="rmsnorm"`, `qk_norm`, `activation="relu2"`, `tie_weights=False`,
-`zero_init`, `embed_skip`, `value_embeds`, `logit_softcap`), each a few lines below rather
-than a model of its own.
+`zero_init`, `embed_skip`, `value_embeds`, `smear`, `ngram`, `logit_softcap`), each a few
+lines below rather than a model of its own. `smear` and `ngram` hand the model the last few
+tokens directly (their embeddings, a table of logits), which a small model trained for a few
+hundred steps would otherwise spend most of its steps learning to look up.
 
 Shapes: B batch, T time (tokens), C n_embd, nh heads, hs head size (C // nh), V vocabulary.
 """
@@ -53,7 +55,8 @@ def fit_to_vocabulary(config: ModelConfig, vocab_size: int) -> ModelConfig:
 
 @dataclass
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, for incremental decoding.
+    """Keys and values of the tokens seen so far, per layer, and the tokens themselves, for
+    incremental decoding.
 
     In a forward pass each layer writes the new tokens' keys and values at positions
     [pos, pos + T) and attends to [0, pos + T); the model then calls `advance(T)`. `reset()`
