@@ -296,3 +296,11 @@ def test_inspect_shows_any_tokenizer(cli, shakespeare) -> None:
     code, out, _ = cli("inspect", "--tokenizer", "byte", "--example", "床")
     assert code == 0 and "encode('床') = [229, 186, 138]" in out
     assert "'Hello NanoGPT' splits into 13 tokens" in out
+
+
+def test_inspect_shows_the_model_a_run_with_that_tokenizer_builds(cli, shakespeare) -> None:
+    code, out, err = cli("inspect", "--preset", "cpu-fast", "--tokenizer", "byte")
+    assert code == 0 and "model.ngram 3 is off" in err  # the pair table: char vocabularies only
+    assert "parameters" in out and "ngram" not in out
+    code, out, err = cli("inspect", "--preset", "cpu-fast")
+    assert code == 0 and not err and "ngram 278,850" in out  # 66 x 65 rows of 65 logits

@@ -16,6 +16,7 @@ from tinygpt.config import DataConfig, ModelConfig
 from tinygpt.data import PreparedData, prepare
 from tinygpt.errors import UserError
 from tinygpt.models import build_model, print_parameter_table
+from tinygpt.models.gpt import fit_to_vocabulary
 from tinygpt.tokenizers import Tokenizer
 
 EXAMPLE_TEXT = "hii there"  # the lecture's encode/decode example
@@ -90,6 +91,7 @@ def inspect_corpus(
     _print_batch(prepared, block_size, batch_size, seed, out)
     if model is not None:
         section(f"8. The model: {model.arch}, its parameters part by part")
+        model = fit_to_vocabulary(model, tokenizer.vocab_size)  # the model training would build
         print_parameter_table(build_model(model, tokenizer.vocab_size), out)
 
 
