@@ -328,6 +328,12 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    @property
+    def looks_back(self) -> bool:
+        """Whether a token's own inputs include the tokens before it (smear, a pair table):
+        only then does a cached pass keep the window's token ids."""
+        return self.smear_gates is not None or self.config.ngram == 3
+
     def _with_earlier(
         self, idx: torch.Tensor, start: int, cache: KVCache | None, back: int
     ) -> tuple[torch.Tensor, int]:
@@ -372,7 +378,7 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
-        if cache is not None:  # smear and ngram look back at the window's earlier tokens
+        if cache is not None and self.looks_back:  # the window's earlier tokens, kept
             cache.tokens[:, start : start + T] = idx
         x = self._embed(idx, start, cache)  # (B, T, C)
         rotary = None
