@@ -132,6 +132,8 @@ def test_resume_errors(shakespeare, tmp_path: Path) -> None:
     train(tiny_config(steps=10), tmp_path / "done", out=io.StringIO())
     with pytest.raises(UserError, match="already finished 10 steps"):
         resume(tmp_path / "done")
+    with pytest.raises(UserError, match="pass more than 10"):
+        resume(tmp_path / "done", steps=5)  # --steps is the total, not a number to add
     resume(tmp_path / "done", steps=20, out=io.StringIO())  # a longer total goes on
     assert list_checkpoints(tmp_path / "done")[-1].name == "step-00000020"
 

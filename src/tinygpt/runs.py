@@ -194,7 +194,8 @@ def resume(
     config = _config_with_steps(RunConfig.from_dict(meta["config"]), steps)
     if meta["step"] >= config.train.steps:
         raise UserError(
-            f"{run_dir} already finished {meta['step']} steps; pass --steps N to train further"
+            f"{run_dir} already finished {meta['step']} steps; --steps is the total, so pass "
+            f"more than {meta['step']} to train further"
         )
     session = setup(config, tokenizer_from_dict(meta["tokenizer"]))
     stop_if_requested()

@@ -270,4 +270,5 @@ def run_plot(args: argparse.Namespace) -> None:
 
     check_writable(args.out)
     plot_runs(args.run_dirs, args.out, x=args.x)
-    print(f"{len(args.run_dirs)} runs against {args.x}: {args.out}")
+    runs = "1 run" if len(args.run_dirs) == 1 else f"{len(args.run_dirs)} runs"
+    print(f"{runs} against {args.x}: {args.out}")
