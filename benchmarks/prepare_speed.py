@@ -4,7 +4,7 @@
                                        [--gpt2-ranks PATH] [--kinds char byte bpe gpt2]
 
 The corpus is tiny shakespeare's lines shuffled (seeded) with Chinese and emoji lines among
-them, written until it has the size asked for (it must be in tinygpt's cache or beside the
+them, written until it has the size asked for (tiny shakespeare must be beside the
 repository). Each tokenizer prepares it in a fresh process with an empty cache: the whole
 `prepare` (tokenizer training for bpe, reading, encoding, writing, splitting), its MB/s of
 input and tokens/s, and the process' peak memory (VmHWM). For bpe the tokenizer's training
@@ -89,8 +89,9 @@ print(json.dumps({{"seconds": seconds, "tokens": len(train_ids) + len(val_ids)}}
 """
 
 
-def write_corpus(path: Path, megabytes: int) -> None:
-    lines = SHAKESPEARE.read_text(encoding="utf-8").splitlines(keepends=True)
+def write_corpus(path: Path, source: Path, megabytes: int) -> None:
+    """Shuffled lines of `source` with Chinese and emoji among them, seeded (tests use it too)."""
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
     lines += ["床前明月光，疑是地上霜。\n", "wave 👋🏽 and flag 🇫🇷\n", "naïve café\n"] * 50
     rng = np.random.default_rng(0)
     with path.open("w", encoding="utf-8") as out:
@@ -135,8 +136,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         corpus, small = work / "corpus.txt", work / "small.txt"
-        write_corpus(corpus, args.megabytes)
-        write_corpus(small, args.nanogpt_megabytes)
+        write_corpus(corpus, SHAKESPEARE, args.megabytes)
+        write_corpus(small, SHAKESPEARE, args.nanogpt_megabytes)
         size, small_size = corpus.stat().st_size, small.stat().st_size
         print(f"corpus: {size / 1e6:,.0f} MB; nanoGPT's steps on {small_size / 1e6:,.0f} MB")
         ranks = str(args.gpt2_ranks)

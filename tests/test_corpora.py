@@ -24,6 +24,10 @@ from tinygpt.errors import UserError
 from tinygpt.generate import generate, sample
 from tinygpt.tokenizers import END_OF_TEXT
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from prepare_speed import write_corpus  # the benchmark's mixed corpus, made the same way
+
 TRICKY = (
     "First Citizen:\r\nBefore we proceed,\r\n\r\n  indented  \n\n\n\tTab\n"
     " 床前明月光，疑是地上霜。\n"
@@ -202,16 +206,6 @@ def test_a_killed_preparation_leaves_nothing_that_looks_complete(
 PEAK_MEMORY_BOUND_MB = 400  # preparation of any corpus size; 300 MB of text takes ~210 (char)
 
 
-def write_large_corpus(path: Path, shakespeare_path: Path, megabytes: int) -> None:
-    """Shuffled lines of tiny shakespeare with Chinese and emoji among them, seeded."""
-    lines = shakespeare_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    lines += ["床前明月光，疑是地上霜。\n", "wave 👋🏽 and flag 🇫🇷\n", "naïve café\n"] * 50
-    rng = np.random.default_rng(0)
-    with path.open("w", encoding="utf-8") as out:
-        while out.tell() < megabytes << 20:
-            out.write("".join(lines[i] for i in rng.permutation(len(lines))))
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's VmHWM")
 @pytest.mark.parametrize("name", ["char", "gpt2"])
@@ -220,7 +214,7 @@ def test_a_large_corpus_is_prepared_in_bounded_memory_as_in_one_piece(
 ) -> None:
     ranks = str(request.getfixturevalue("gpt2_ranks")) if name == "gpt2" else ""
     corpus = tmp_path / "large.txt"
-    write_large_corpus(corpus, shakespeare_path, megabytes=300)
+    write_corpus(corpus, shakespeare_path, megabytes=300)
     # the high-water mark of this process' own memory (VmHWM; ru_maxrss would count the
     # memory of the test process it was started from)
     script = (
