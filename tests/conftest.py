@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tinygpt.cli import main
 from tinygpt.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # tests import the benchmarks' own helpers
 BESIDE_REPO = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 HOW_TO_PROVIDE = (
     "run `tinygpt data tinyshakespeare --from PATH/input.txt` once, "

@@ -17,16 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from prepare_speed import write_corpus  # the benchmark's mixed corpus, made the same way
 from tinygpt import data, sources, token_files
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import DataConfig, SampleConfig
 from tinygpt.errors import UserError
 from tinygpt.generate import generate, sample
 from tinygpt.tokenizers import END_OF_TEXT
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-from prepare_speed import write_corpus  # the benchmark's mixed corpus, made the same way
 
 TRICKY = (
     "First Citizen:\r\nBefore we proceed,\r\n\r\n  indented  \n\n\n\tTab\n"

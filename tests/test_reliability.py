@@ -32,8 +32,6 @@ from tinygpt.errors import UserError
 from tinygpt.rundir import RunDir
 from tinygpt.runs import resume, train
 
-from .conftest import REPO
-
 TINY_TOML = """
 [model]
 arch = "gpt"
@@ -194,7 +192,6 @@ def test_a_signal_during_an_evaluation_stops_it_within_seconds(
 
 @pytest.mark.slow
 def test_kill_harness_finds_no_corrupt_checkpoint_and_no_mismatch(shakespeare, tmp_path: Path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from kill_harness import run_harness
 
     counts = run_harness(3, 60, 0, "tinyshakespeare", tmp_path, (0.0, 1.0), every=2)
