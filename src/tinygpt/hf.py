@@ -25,8 +25,7 @@ from tinygpt.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir, temp_file
 from tinygpt.models import build_model
-from tinygpt.rundir import RunDir
-from tinygpt.runs import check_run_dir
+from tinygpt.rundir import RunDir, check_run_dir, writing
 from tinygpt.tokenizers import END_OF_TEXT, Gpt2Tokenizer, Tokenizer
 from tinygpt.tokenizers.bpe import byte_to_symbol
 from tinygpt.tokenizers.gpt2 import RANKS_SHA256, cached_ranks_path, find_ranks, install_ranks
@@ -230,7 +229,13 @@ def import_folder(folder: Path, out: Path) -> Path:
     transformers = require_transformers()
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (it has no config.json)")
-    check_run_dir(out, overwrite=False)
+    with writing(out):
+        check_run_dir(out, overwrite=False)
+        _import_into(out, folder, transformers)
+    return out
+
+
+def _import_into(out: Path, folder: Path, transformers: Any) -> None:
     hf_config = _loaded(folder, "config", transformers.AutoConfig.from_pretrained)
     model_config = model_config_from(hf_config)
     tokenizer = gpt2_tokenizer_of(folder)
@@ -248,7 +253,6 @@ def import_folder(folder: Path, out: Path) -> Path:
     train = TrainConfig(steps=1, batch_size=4)
     config = RunConfig(data=DataConfig(tokenizer="gpt2"), model=model_config, train=train)
     _write_run(out, config, tokenizer, model)
-    return out
 
 
 def _loaded(folder: Path, what: str, load: Any, **options: Any) -> Any:
@@ -260,18 +264,16 @@ def _loaded(folder: Path, what: str, load: Any, **options: Any) -> Any:
 
 
 def _write_run(out: Path, config: RunConfig, tokenizer: Tokenizer, model: nn.Module) -> None:
-    """A run directory holding one checkpoint, step 0, made whole before it gets its name."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out.parent, f".{out.name}.tmp-")
+    """A run directory holding one checkpoint, step 0, made whole before it moves into `out`
+    (empty but for its writer's lock)."""
+    tmp = temp_dir(out, ".import-")
     try:
         run = RunDir(tmp)
         run.write_config(config)
         run.write_tokenizer(tokenizer)
         about = {"step": 0, "config": config, "tokenizer": tokenizer, "metrics": {}}
         save_checkpoint(step_folder(tmp, 0), model, **about)
-        if out.exists():
-            out.rmdir()  # an empty folder (check_run_dir)
-        tmp.rename(out)
+        RunDir(out).adopt(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -8,14 +8,29 @@ runs/NAME/
   metrics-earlier.jsonl   what a run logged before it had to start again from step 0
   loss.png                the loss curves, drawn at the end
   checkpoints/            step-NNNNNNNN/ and best/ (checkpoint.py writes them)
+  .writer.lock            held by the one process writing the run (`writing`), while it does
 ```
 
 Everything else asks a `RunDir` for these paths; nothing else writes their names.
+
+One run, one writer: whoever writes a run directory (a new run, a resumed or overwritten
+one, an import) holds an OS lock on its `.writer.lock` for as long as it writes. The lock
+dies with its process, so a killed run leaves none behind; a second writer is refused at
+once, told who holds it. Readers (sample, eval, serve, ...) never take it: they read the
+newest complete checkpoint, which is written whole before it gets its name.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +64,10 @@ class RunDir:
         return self.path / "loss.png"
 
     @property
+    def writer_lock(self) -> Path:
+        return self.path / ".writer.lock"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -60,6 +79,30 @@ class RunDir:
     def exists(self) -> bool:
         """Whether this is a tinygpt run directory (it has its config)."""
         return self.config.is_file()
+
+    def is_empty(self) -> bool:
+        """Whether the folder is missing or holds nothing but a writer's lock."""
+        if not self.path.exists():
+            return True
+        return self.path.is_dir() and all(p == self.writer_lock for p in self.path.iterdir())
+
+    def clear(self) -> None:
+        """Delete everything in the folder but the writer's lock (--overwrite)."""
+        for path in self.path.iterdir():
+            if path == self.writer_lock:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+    def adopt(self, folder: Path) -> None:
+        """Move a run written whole in `folder` into this (empty) one, config.json last: a
+        folder is a run directory once its config is there."""
+        entries = sorted(folder.iterdir(), key=lambda p: p.name == self.config.name)
+        for entry in entries:
+            entry.rename(self.path / entry.name)
+        folder.rmdir()
 
     def read_config(self) -> RunConfig:
         try:
@@ -84,3 +127,140 @@ class RunDir:
 
 def is_run_dir(path: Path) -> bool:
     return RunDir(path).exists()
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A new run needs an empty place; --overwrite replaces an earlier run, nothing else."""
+    if RunDir(run_dir).is_empty():
+        return
+    if not is_run_dir(run_dir):
+        raise UserError(
+            f"{run_dir} exists and is not a tinygpt run directory; choose another --out"
+        )
+    if not overwrite:
+        raise UserError(
+            f"run directory {run_dir} already exists; resume it with --resume {run_dir}, "
+            "choose another --out or pass --overwrite"
+        )
+
+
+@dataclass(frozen=True)
+class Writer:
+    """The process that holds a run directory's lock, as it wrote itself into the lock file."""
+
+    pid: int
+    host: str
+    since: str  # local time, to the second
+
+    def describe(self) -> str:
+        return f"PID {self.pid} on {self.host}, since {self.since}"
+
+
+class RunDirBusy(UserError):
+    """Another process is writing the run directory."""
+
+    def __init__(self, run_dir: Path, writer: Writer | None) -> None:
+        who = writer.describe() if writer else "a process that has not said who it is yet"
+        super().__init__(
+            f"{run_dir} is being written by another tinygpt process ({who}); wait for it to "
+            "end, or stop it, before writing this run again (reading it works meanwhile)"
+        )
+
+
+@contextlib.contextmanager
+def writing(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir`'s writer lock while the block runs, creating the folder if need be.
+
+    Another writer raises RunDirBusy at once and changes nothing. Folders created here are
+    removed again if the block leaves nothing else in them (a run that failed before it
+    wrote anything); otherwise the lock file goes when the block ends.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} exists and is not a folder")
+    created = _missing_folders(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = RunDir(run_dir)
+    fd = _lock(paths)
+    try:
+        yield
+    finally:
+        try:
+            if created and paths.is_empty():
+                paths.writer_lock.unlink()
+                for folder in created:  # the deepest first
+                    with contextlib.suppress(OSError):  # another run's folder meanwhile
+                        folder.rmdir()
+            else:
+                paths.writer_lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def writer_of(run_dir: Path) -> Writer | None:
+    """The process writing `run_dir` now, if one is (None: nobody holds its lock)."""
+    lock = RunDir(run_dir).writer_lock
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _read_writer(fd) or Writer(0, "?", "?")
+    else:
+        return None  # closing the file releases the shared lock just taken
+    finally:
+        os.close(fd)
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, the deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _lock(paths: RunDir) -> int:
+    """An open descriptor of the lock file, exclusively locked, with this process named in
+    it. The file may be removed by a writer that ends while another opens it: the lock is
+    taken again until it is on the file that bears the name."""
+    while True:
+        fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(fd):
+            writer = _read_writer(fd)
+            os.close(fd)
+            raise RunDirBusy(paths.path, writer)
+        try:
+            same = os.stat(paths.writer_lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    since = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+    return fd
+
+
+def _try_lock(fd: int, tries: int = 5) -> bool:
+    """Lock exclusively; a few tries, since `writer_of` holds a shared lock for a moment."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(0.02)
+    return False
+
+
+def _read_writer(fd: int) -> Writer | None:
+    try:
+        about = json.loads(os.pread(fd, 4096, 0))
+        return Writer(int(about["pid"]), str(about["host"]), str(about["since"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the holder has not written itself in yet

@@ -1,13 +1,16 @@
 """Runs: start one in its directory, continue it from a checkpoint, and finish it.
 
-Everything a run needs is checked (corpus, splits, device) before its run directory is
-created, so a mistake leaves nothing behind. A run resumed from a checkpoint continues with
+One process writes a run directory: it holds the directory's lock (rundir.writing) from
+before its first look until the run ends, and a second writer is refused at once. Everything
+a run needs is checked (corpus, splits, device) before anything is written in it, so a
+mistake leaves nothing behind. A run resumed from a checkpoint continues with
 the same weights, optimizer state, learning rate and batch stream, so on a CPU it ends bit
 for bit where an uninterrupted run ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import shutil
@@ -36,25 +39,10 @@ from tinygpt.generate import stream_text
 from tinygpt.metrics import drop_metrics_after
 from tinygpt.models import count_parameters, parameter_summary
 from tinygpt.plot import plot_losses
-from tinygpt.rundir import RunDir, is_run_dir
+from tinygpt.rundir import RunDir, check_run_dir, is_run_dir, writing
 from tinygpt.runtime import barrier, distributed_from_env, restart_count
 from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
 from tinygpt.train import Session, fit, restore_train_state, setup
-
-
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """A new run needs an empty place; --overwrite replaces an earlier run, nothing else."""
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return
-    if not is_run_dir(run_dir):
-        raise UserError(
-            f"{run_dir} exists and is not a tinygpt run directory; choose another --out"
-        )
-    if not overwrite:
-        raise UserError(
-            f"run directory {run_dir} already exists; resume it with --resume {run_dir}, "
-            "choose another --out or pass --overwrite"
-        )
 
 
 def train(
@@ -68,17 +56,24 @@ def train(
 
     `until` stops after that many steps (as an interruption would); `resume` goes on.
     """
-    check_run_dir(run_dir, overwrite)
-    session = setup(config, *starting_point(config))
-    stop_if_requested()  # a Ctrl-C while torch loaded or the data was prepared: write nothing
-    barrier(session.group)  # every rank has looked before rank 0 makes the directory
-    if session.group.is_main:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        RunDir(run_dir).write_config(session.config)
-    barrier(session.group)
-    return run(session, run_dir, out, until)
+    with writer_lock(run_dir):
+        check_run_dir(run_dir, overwrite)
+        session = setup(config, *starting_point(config))
+        stop_if_requested()  # a Ctrl-C while torch loaded or the data was prepared: write nothing
+        barrier(session.group)  # every rank has looked before rank 0 fills the directory
+        if session.group.is_main:
+            RunDir(run_dir).clear()  # an earlier run, with --overwrite
+            RunDir(run_dir).write_config(session.config)
+        barrier(session.group)
+        return run(session, run_dir, out, until)
+
+
+def writer_lock(run_dir: Path) -> contextlib.AbstractContextManager:
+    """The run directory's lock (rundir.writing), held by the one process that writes it:
+    rank 0 of a torchrun group."""
+    if distributed_from_env().is_main:
+        return writing(run_dir)
+    return contextlib.nullcontext()
 
 
 def restart(
@@ -187,6 +182,13 @@ def resume(
     """
     if not is_run_dir(run_dir):
         raise UserError(f"cannot resume {run_dir}: it is not a tinygpt run directory")
+    with writer_lock(run_dir):
+        return _resume(run_dir, steps, out, until)
+
+
+def _resume(
+    run_dir: Path, steps: int | None, out: TextIO | None, until: int | None
+) -> dict[str, float]:
     if not list_checkpoints(run_dir):
         config = _config_with_steps(RunDir(run_dir).read_config(), steps)
         return restart(config, run_dir, out, until)

@@ -86,6 +86,11 @@ def launch_torchrun(args: argparse.Namespace) -> NoReturn:
             args.config,
             config_overrides(args),
         )
+    check_no_writer(args.resume or args.out)
+    if args.out is not None and args.resume is None:
+        from tinygpt.rundir import check_run_dir
+
+        check_run_dir(args.out, args.overwrite)  # here too, rather than in every process
     argv = without_option(args.argv, "--nproc")
     if args.out is None and args.resume is None:  # every process must agree on the name
         argv += ["--out", str(default_run_dir(args.preset or default_preset()))]
@@ -100,6 +105,15 @@ def launch_torchrun(args: argparse.Namespace) -> NoReturn:
         *argv,
     ]
     sys.exit(subprocess.run(command, check=False).returncode)
+
+
+def check_no_writer(run_dir: Path | None) -> None:
+    """Refuse here, once, a run directory that another process is writing: under torchrun
+    rank 0 would refuse it alone and the group's other ranks end in torchrun's report."""
+    from tinygpt.rundir import RunDirBusy, writer_of
+
+    if run_dir is not None and (writer := writer_of(run_dir)) is not None:
+        raise RunDirBusy(run_dir, writer)
 
 
 def without_option(argv: list[str], flag: str) -> list[str]:

@@ -74,11 +74,26 @@ def run(args: argparse.Namespace) -> None:
     checkpoint.model.to(resolve_device(args.device))
     name = args.run_dir.resolve().name
     engine = Engine(checkpoint, settings, name)
-    print(f"serving {name} (step {checkpoint.step}) on http://{args.host}:{args.port}/", flush=True)
+    print(
+        f"serving {name} ({served_step(args.run_dir, checkpoint.step)}) on "
+        f"http://{args.host}:{args.port}/",
+        flush=True,
+    )
     try:
         uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
     finally:
         engine.close()
+
+
+def served_step(run_dir: Path, step: int) -> str:
+    """Which step is served, and whether the run is still training past it."""
+    from tinygpt.rundir import writer_of
+
+    if writer_of(run_dir) is None:
+        return f"step {step}"
+    return (
+        f"step {step}, the newest checkpoint of a run still training; restart to serve a newer one"
+    )
 
 
 def check_can_listen(host: str, port: int) -> None:
