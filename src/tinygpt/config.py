@@ -172,6 +172,11 @@ class TrainConfig:
         "auto", "autocast dtype (auto: bfloat16 on CUDA if supported, else float32)"
     )
     compile: bool = option(False, "torch.compile the model")
+    threads: int = option(
+        0,
+        "CPU threads for the arithmetic (0: the CPUs this process may use that other work "
+        "leaves free at the start; saved, so that a resumed run repeats it)",
+    )
     keep_checkpoints: int = option(2, "newest step checkpoints to keep (the best is kept apart)")
     sample_tokens: int = option(500, "tokens of text to print after training (0: none)")
     tensorboard: str = option("", "also log the metrics for TensorBoard in this folder ('': off)")
@@ -181,16 +186,22 @@ class TrainConfig:
     whole_val: bool = option(
         True, "after the last step, score every val token once (the figure `tinygpt eval` gives)"
     )
+    whole_val_tokens: int = option(
+        250_000,
+        "whole_val scores at most this many tokens: a larger val split is scored on evenly "
+        "spaced windows, with the standard error (`tinygpt eval` reads every token)",
+    )
     init_from: str = option(
         "", "start from this run's weights, model and tokenizer (fine-tuning; '': from scratch)"
     )
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches")
-        for name in (*positive, "log_interval", "keep_checkpoints"):
+        for name in (*positive, "log_interval", "keep_checkpoints", "whole_val_tokens"):
             _require(getattr(self, name) >= 1, f"train.{name} must be at least 1")
         _require(self.seed >= 0, "train.seed must not be negative")
         _require(self.sample_tokens >= 0, "train.sample_tokens must not be negative")
+        _require(self.threads >= 0, "train.threads must not be negative (0: chosen at start)")
         limit = self.time_limit
         _require(math.isfinite(limit) and limit >= 0, "train.time_limit must be 0 or positive")
         _check_choices(self, "train.")

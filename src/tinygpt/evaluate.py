@@ -136,6 +136,63 @@ def split_loss(
     return all_mean(total, group, device) / all_mean(count, group, device)
 
 
+def spaced_windows(n_tokens: int, block_size: int, n_windows: int) -> list[int]:
+    """Starts of `n_windows` full windows spread evenly over a split, from its first window
+    to its last (all of them, side by side, when it has no more)."""
+    n_full = (n_tokens - 1) // block_size
+    if n_windows >= n_full:
+        return [i * block_size for i in range(n_full)]
+    if n_windows == 1:
+        return [0]
+    return [round(i * (n_full - 1) / (n_windows - 1)) * block_size for i in range(n_windows)]
+
+
+@dataclass(frozen=True)
+class SampledLoss:
+    """A split's loss estimated from evenly spaced windows, with its standard error."""
+
+    loss: float
+    stderr: float  # of the mean, from the spread of the batches' losses
+    tokens: int  # predicted
+
+
+@torch.no_grad()
+def sampled_split_loss(
+    model: nn.Module,
+    data: np.ndarray,
+    block_size: int,
+    batch_size: int,
+    device: torch.device,
+    *,
+    max_tokens: int,
+    group: Distributed = SINGLE_PROCESS,
+    stop: Callable[[], bool] = never,
+) -> SampledLoss:
+    """The loss over at most `max_tokens` predicted tokens of a large split: whole batches
+    of evenly spaced windows (at least two batches), where `split_loss` reads every token.
+    Each batch is a sample of the split; the spread of their losses gives the standard
+    error. In a torchrun group the ranks share the batches as in split_loss."""
+    n_batches = max(2, max_tokens // (block_size * batch_size))
+    starts = spaced_windows(len(data), block_size, n_batches * batch_size)
+    batches = [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
+    was_training = model.training
+    model.eval()
+    total = squares = 0.0
+    for round_ in range(math.ceil(len(batches) / group.world_size)):
+        _check(stop)
+        index = round_ * group.world_size + group.rank
+        if index < len(batches):
+            x, y = batch_at(data, torch.tensor(batches[index]), block_size)
+            loss = model(x.to(device), y.to(device))[1].item()
+            total, squares = total + loss, squares + loss * loss
+    model.train(was_training)
+    n = len(batches)
+    mean = all_mean(total, group, device) * group.world_size / n
+    mean_square = all_mean(squares, group, device) * group.world_size / n
+    variance = max(0.0, (mean_square - mean * mean) * n / (n - 1)) if n > 1 else math.nan
+    return SampledLoss(mean, math.sqrt(variance / n), len(starts) * block_size)
+
+
 @dataclass
 class Score:
     """How well a model predicts a text: every token of it, once."""

@@ -221,7 +221,17 @@ def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
 
 
 def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) -> dict[str, float]:
-    """Report, fit, plot the losses and print a sample (rank 0 alone reports)."""
+    """Report, fit, plot the losses and print a sample (rank 0 alone reports); torch's
+    thread count is the process's default again afterwards."""
+    try:
+        return _run(session, run_dir, out, until)
+    finally:
+        torch.set_num_threads(session.threads_before)
+
+
+def _run(
+    session: Session, run_dir: Path, out: TextIO | None, until: int | None
+) -> dict[str, float]:
     if not session.group.is_main:
         return fit(session, run_dir, io.StringIO(), until)
     out = out or sys.stdout
@@ -256,11 +266,16 @@ def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
         "data": f"{cfg.data.dataset}: {len(data.train):,} train and {len(data.val):,} val "
         f"tokens, vocabulary {data.tokenizer.vocab_size} ({cfg.data.tokenizer})",
         "training": f"{length}, {optimizer}, {cfg.optim.schedule} schedule, seed {cfg.train.seed}",
-        "device": f"{session.device}, {precision}{group}",
+        "device": f"{session.device}, {precision}{group}{_threads(session)}",
         "run directory": f"{run_dir} (full config: {RunDir(run_dir).config})",
     }
     for name, text in lines.items():
         print(textwrap.fill(f"{name}: {text}", width=100, subsequent_indent="  "), file=out)
+
+
+def _threads(session: Session) -> str:
+    threads = session.config.train.threads
+    return f", {threads} thread{'s' if threads > 1 else ''}" if session.device.type == "cpu" else ""
 
 
 def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:
@@ -310,8 +325,20 @@ def start_or_resume(
         if "whole_val_loss" in final:
             score = describe_score(final["whole_val_loss"], final["whole_val_bpb"])
             print(f"whole val split: {score}")
+        if "sampled_val_loss" in final:
+            print(describe_sampled_val(final, run_dir))
         print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
         print_best_if_earlier(run_dir, final["val_loss"])
+
+
+def describe_sampled_val(final: dict[str, float], run_dir: Path) -> str:
+    """The end-of-run score of a val split too long to read whole, and how to get it all."""
+    loss, stderr = final["sampled_val_loss"], final["sampled_val_stderr"]
+    return (
+        f"val split, {int(final['sampled_val_tokens']):,} tokens of evenly spaced windows: "
+        f"loss {loss:.4f} ± {stderr:.4f} (standard error), {final['sampled_val_bpb']:.4f} bits "
+        f"per byte; every token: tinygpt eval {run_dir}"
+    )
 
 
 def print_best_if_earlier(run_dir: Path, final_val_loss: float) -> None:

@@ -27,9 +27,17 @@ from tinygpt.batches import check_length, random_batch
 from tinygpt.budget import REPLAN_EVERY, TimeBudget
 from tinygpt.checkpoint import prune_checkpoints, save_checkpoint, step_folder
 from tinygpt.config import RunConfig
+from tinygpt.cpus import choose_threads
 from tinygpt.data import PreparedData, prepare
-from tinygpt.errors import TrainingInterrupted, UserError
-from tinygpt.evaluate import EvaluationStopped, bits_per_byte, estimate_loss, never, split_loss
+from tinygpt.errors import TrainingInterrupted, UserError, note
+from tinygpt.evaluate import (
+    EvaluationStopped,
+    bits_per_byte,
+    estimate_loss,
+    never,
+    sampled_split_loss,
+    split_loss,
+)
 from tinygpt.faults import crash, planned_fault, stop_request
 from tinygpt.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.models import build_model
@@ -73,6 +81,7 @@ class Session:
     elapsed_s: float = 0.0  # wall time of the run before this process (resumed runs)
     training_s: float = 0.0  # time in training steps, over all of the run's processes
     budget: TimeBudget | None = None  # plans the length of a time-limited run until its end
+    threads_before: int = 1  # torch's thread count before setup, given back by runs.run
 
     @property
     def planned_steps(self) -> int:
@@ -85,7 +94,8 @@ def setup(
     tokenizer: Tokenizer | None = None,
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Session:
-    """Prepare the data and build the model and optimizer for a config.
+    """Prepare the data and build the model and optimizer for a config, and give torch the
+    run's thread count (train.threads; `runs.run` gives back the count it found).
 
     A run that goes on from trained weights (a resumed or a fine-tuned one) gives their
     tokenizer, which encodes the corpus instead of a new one, and a fine-tune its starting
@@ -98,6 +108,9 @@ def setup(
     check_length(data.val, config.model.block_size, "val")
     group = distributed_from_env()
     device = init_distributed(group, resolve_device(config.train.device))
+    config = _with_threads(config, group)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     fitted = fit_to_vocabulary(config.model, data.tokenizer.vocab_size)
     config = dataclasses.replace(config, model=fitted)  # what runs is what gets saved
@@ -130,10 +143,22 @@ def setup(
         dtype=autocast_dtype(config.train.dtype, device),
         generator=torch.Generator().manual_seed(config.train.seed),
         group=group,
+        threads_before=threads_before,
     )
     if config.train.time_limit > 0:
         session.budget = TimeBudget(config.train.time_limit, config.train.steps)
     return session
+
+
+def _with_threads(config: RunConfig, group: Distributed) -> RunConfig:
+    """The config with its thread count chosen (cpus.choose_threads) where it was 0: the
+    count changes how sums are split, so a resumed run must repeat it to end bit for bit."""
+    if config.train.threads:
+        return config
+    threads, why = choose_threads()
+    if why and group.is_main:
+        note(why)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, threads=threads))
 
 
 def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
@@ -179,20 +204,26 @@ def evaluate(session: Session, stop: Callable[[], bool] = never) -> dict[str, fl
 
 
 def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:
-    """Every val token predicted once: `whole_val_loss` and `whole_val_bpb`."""
-    cfg = session.config
+    """Every val token predicted once (`whole_val_loss`, `whole_val_bpb`), or on a split
+    longer than train.whole_val_tokens evenly spaced windows of it (`sampled_val_loss`,
+    `_bpb`, `_stderr`, `_tokens`): the end of a run stays short on a large corpus."""
+    cfg, val = session.config, session.data.val
+    tokens_per_byte = session.data.tokens_per_byte("val")
+    options = {"group": session.group, "stop": stop}
+    shape = (cfg.model.block_size, cfg.train.batch_size, session.device)
     with autocast(session):
-        loss = split_loss(
-            session.model,
-            session.data.val,
-            cfg.model.block_size,
-            cfg.train.batch_size,
-            session.device,
-            group=session.group,
-            stop=stop,
+        if len(val) - 1 <= cfg.train.whole_val_tokens:
+            loss = split_loss(session.model, val, *shape, **options)
+            return {"whole_val_loss": loss, "whole_val_bpb": bits_per_byte(loss, tokens_per_byte)}
+        sampled = sampled_split_loss(
+            session.model, val, *shape, max_tokens=cfg.train.whole_val_tokens, **options
         )
-    bpb = bits_per_byte(loss, session.data.tokens_per_byte("val"))
-    return {"whole_val_loss": loss, "whole_val_bpb": bpb}
+    return {
+        "sampled_val_loss": sampled.loss,
+        "sampled_val_bpb": bits_per_byte(sampled.loss, tokens_per_byte),
+        "sampled_val_stderr": sampled.stderr,
+        "sampled_val_tokens": sampled.tokens,
+    }
 
 
 def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:

@@ -43,6 +43,7 @@ from tinygpt.cli.trained import (
     unescape,
 )
 from tinygpt.config import RunConfig
+from tinygpt.cpus import wait_briefly
 from tinygpt.errors import Interrupted, UserError
 from tinygpt.faults import stop_if_requested, stop_request
 
@@ -100,6 +101,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     stop_request.listen()  # first of all: a Ctrl-C during torch's import must stop cleanly
+    if "torch" not in sys.modules:  # the process is the command's: set before torch loads
+        wait_briefly()
     try:
         run_command(list(sys.argv[1:] if argv is None else argv))
     except BrokenPipeError:  # `tinygpt sample RUN | head`: the reader has all it wants
