@@ -21,7 +21,7 @@ import torch
 
 from tinygpt.config import resolve
 from tinygpt.rundir import RunDir
-from tinygpt.runs import train
+from tinygpt.training.runs import train
 
 
 def one_run(steps: int, data: str) -> dict[str, float]:

@@ -23,7 +23,7 @@ from prepare_speed import SHAKESPEARE, write_corpus
 from tinygpt.config import resolve
 from tinygpt.evaluate import split_loss
 from tinygpt.runtime import cpu_description
-from tinygpt.train import score_whole_val, setup
+from tinygpt.training.loop import score_whole_val, setup
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import torch
 
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import SampleConfig, preset_names, resolve
-from tinygpt.data import prepare
+from tinygpt.data.corpora import prepare
 from tinygpt.generate import Decoder, generate
 from tinygpt.models import build_model
 from tinygpt.runtime import cpu_description

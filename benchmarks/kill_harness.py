@@ -25,9 +25,9 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from tinygpt.checkpoint import list_checkpoints, load_checkpoint, load_train_state
+from tinygpt.checkpoint import load_checkpoint, load_train_state
 from tinygpt.errors import UserError
-from tinygpt.rundir import RunDir
+from tinygpt.rundir import RunDir, list_checkpoints
 
 
 def train_command(run_dir: Path, steps: int, data: str, every: int) -> list[str]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from tinygpt.config import resolve
 from tinygpt.models import build_model, count_parameters
-from tinygpt.runs import train
 from tinygpt.runtime import cpu_description
+from tinygpt.training.runs import train
 
 STEP_PRESETS = [
     "lecture-bigram",

@@ -40,7 +40,7 @@ PEAK = "import re; print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/sta
 TINYGPT = """
 import json, time
 from tinygpt.config import DataConfig
-from tinygpt.data import prepare
+from tinygpt.data.corpora import prepare
 start = time.perf_counter()
 p = prepare(DataConfig(dataset={corpus!r}, tokenizer={kind!r}, tokenizer_file={ranks!r}))
 print(json.dumps({{"seconds": time.perf_counter() - start, "tokens": len(p.train) + len(p.val),
@@ -50,7 +50,7 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "tokens": len(p.train
 BPE_TRAINING = """
 import json, time
 from tinygpt.config import DataConfig
-from tinygpt.data import _train_tokenizer, resolve_source
+from tinygpt.data.corpora import _train_tokenizer, resolve_source
 start = time.perf_counter()
 tokenizer = _train_tokenizer(resolve_source({corpus!r}), DataConfig(tokenizer="bpe"))
 print(json.dumps({{"seconds": time.perf_counter() - start}}))

@@ -23,11 +23,11 @@ from collections.abc import Callable
 
 import torch
 
-from tinygpt.batches import random_batch
 from tinygpt.cli import add_config_options, config_overrides
 from tinygpt.config import RunConfig, preset_names, resolve
+from tinygpt.data.batches import random_batch
 from tinygpt.models import count_parameters
-from tinygpt.train import Session, setup, train_step
+from tinygpt.training.loop import Session, setup, train_step
 
 
 def plain_step(session: Session) -> Callable[[], None]:

@@ -45,11 +45,11 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from tinygpt import data
 from tinygpt.config import RunConfig, merge, parse_overrides, preset_names, resolve
+from tinygpt.data import corpora as data
 from tinygpt.evaluate import split_loss
 from tinygpt.runtime import cpu_description
-from tinygpt.train import setup, train_step
+from tinygpt.training.loop import setup, train_step
 
 
 def run_config(spec: str, seed: int) -> RunConfig:

@@ -23,11 +23,11 @@ import time
 import torch
 
 from tinygpt.config import RunConfig, SampleConfig, parse_overrides, resolve
-from tinygpt.data import resolve_corpus
+from tinygpt.data.corpora import resolve_corpus
 from tinygpt.evaluate import bits_per_byte, split_loss
 from tinygpt.generate import stream_text
 from tinygpt.runtime import cpu_description
-from tinygpt.train import setup, train_step
+from tinygpt.training.loop import setup, train_step
 
 COMMON_CHARACTERS = 100_000
 CALIBRATION_STEPS = 60

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt import data
 from tinygpt.cli import main
+from tinygpt.data import corpora as data
 from tinygpt.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import safetensors.torch
 import torch.distributed as dist
 
 from tinygpt.config import RunConfig
-from tinygpt.train import setup, train_step
+from tinygpt.training.loop import setup, train_step
 
 
 def main() -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from tinygpt.batches import check_length, eval_batches, random_batch
 from tinygpt.config import DataConfig
-from tinygpt.data import prepare
+from tinygpt.data.batches import check_length, eval_batches, random_batch
+from tinygpt.data.corpora import prepare
 from tinygpt.errors import UserError
 
 DATA = np.arange(1000, dtype=np.uint16) % 65

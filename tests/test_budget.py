@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from tests.test_train import TINY, assert_same_weights, metrics
-from tinygpt.budget import TimeBudget
 from tinygpt.config import OptimConfig, RunConfig
-from tinygpt.optim import LrSchedule
-from tinygpt.runs import resume, train
-from tinygpt.train import setup
+from tinygpt.training.budget import TimeBudget
+from tinygpt.training.loop import setup
+from tinygpt.training.optim import LrSchedule
+from tinygpt.training.runs import resume, train
 
 WSD = OptimConfig(lr=1e-2, min_lr=1e-4, schedule="wsd", warmup_steps=5, decay_fraction=0.5)
 
@@ -77,7 +77,7 @@ def engine_clock(monkeypatch: pytest.MonkeyPatch, step_ms: object) -> None:
         state["reads"] += 1
         return state["now"]
 
-    monkeypatch.setattr("tinygpt.train.time", SimpleNamespace(perf_counter=perf_counter))
+    monkeypatch.setattr("tinygpt.training.loop.time", SimpleNamespace(perf_counter=perf_counter))
 
 
 def test_a_time_limited_run_is_the_run_of_its_planned_length(

@@ -9,10 +9,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from tinygpt.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, step_folder
+from tinygpt.checkpoint import load_checkpoint, save_checkpoint
 from tinygpt.config import RunConfig
 from tinygpt.errors import UserError
 from tinygpt.models import build_model
+from tinygpt.rundir import find_checkpoint, step_folder
 from tinygpt.tokenizers import CharTokenizer
 
 TOKENIZER = CharTokenizer.from_text("abcdefgh \n")

@@ -241,7 +241,7 @@ def test_default_preset_suits_the_device(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_end_of_run_points_to_an_earlier_best_checkpoint(run_dir: Path, capsys) -> None:
-    from tinygpt.runs import print_best_if_earlier
+    from tinygpt.training.runs import print_best_if_earlier
 
     best = json.loads((run_dir / "checkpoints" / "best" / "meta.json").read_text())
     best_val = best["metrics"]["val_loss"]

@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from prepare_speed import write_corpus  # the benchmark's mixed corpus, made the same way
-from tinygpt import data, sources, token_files
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import DataConfig, SampleConfig
+from tinygpt.data import corpora as data
+from tinygpt.data import sources, token_files
 from tinygpt.errors import UserError
 from tinygpt.generate import generate, sample
 from tinygpt.tokenizers import END_OF_TEXT
@@ -176,7 +177,7 @@ def test_a_killed_preparation_leaves_nothing_that_looks_complete(
     line = "Now is the winter of our discontent made glorious summer by this sun of York;\n"
     corpus.write_text(line * 600_000)  # 47 MB: a few seconds to prepare with bpe
     script = (
-        "from tinygpt.data import prepare; from tinygpt.config import DataConfig; "
+        "from tinygpt.data.corpora import prepare; from tinygpt.config import DataConfig; "
         f"prepare(DataConfig(dataset={str(corpus)!r}, tokenizer='bpe'))"
     )
     env = {**os.environ, "TINYGPT_HOME": str(isolated_home)}
@@ -216,7 +217,7 @@ def test_a_large_corpus_is_prepared_in_bounded_memory_as_in_one_piece(
     # memory of the test process it was started from)
     script = (
         "import re\n"
-        "from tinygpt.config import DataConfig\nfrom tinygpt.data import prepare\n"
+        "from tinygpt.config import DataConfig\nfrom tinygpt.data.corpora import prepare\n"
         f"p = prepare(DataConfig(dataset={str(corpus)!r}, tokenizer={name!r}, "
         f"tokenizer_file={ranks!r}))\n"
         "status = open('/proc/self/status').read()\n"

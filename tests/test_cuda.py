@@ -16,11 +16,12 @@ import safetensors.torch
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tinygpt.checkpoint import list_checkpoints, load_checkpoint
+from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import RunConfig
 from tinygpt.generate import Decoder
-from tinygpt.runs import resume, train
-from tinygpt.train import setup, train_step
+from tinygpt.rundir import list_checkpoints
+from tinygpt.training.loop import setup, train_step
+from tinygpt.training.runs import resume, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygpt import data
 from tinygpt.config import DataConfig
+from tinygpt.data import corpora as data
 from tinygpt.errors import UserError
 
 

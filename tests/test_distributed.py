@@ -13,7 +13,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from tinygpt.checkpoint import list_checkpoints
+from tinygpt.rundir import list_checkpoints
 
 HERE = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-import tinygpt.train as engine
-from tinygpt.checkpoint import list_checkpoints
+import tinygpt.training.loop as engine
 from tinygpt.cli import unescape
 from tinygpt.config import RunConfig
-from tinygpt.rundir import RunDir
-from tinygpt.runs import resume, train
+from tinygpt.rundir import RunDir, list_checkpoints
+from tinygpt.training.runs import resume, train
 
 from .conftest import REPO
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt.checkpoint import load_checkpoint, read_meta
+from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.evaluate import whole_split_windows
 from tinygpt.generate import generate
-from tinygpt.runs import train
+from tinygpt.rundir import read_meta
 from tinygpt.tokenizers import Gpt2Tokenizer
+from tinygpt.training.runs import train
 
 transformers = pytest.importorskip("transformers")
 
@@ -290,9 +291,9 @@ def test_a_fine_tune_resumes_exactly_without_its_source(small_corpus: Path, tmp_
 
     import safetensors.torch
 
-    from tinygpt.checkpoint import list_checkpoints
     from tinygpt.config import resolve
-    from tinygpt.runs import fine_tune_config, resume
+    from tinygpt.rundir import list_checkpoints
+    from tinygpt.training.runs import fine_tune_config, resume
 
     source = tiny_run(small_corpus, tmp_path / "source")
     given = {

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from tinygpt.config import ModelConfig, resolve
 from tinygpt.models import build_model, count_parameters, parameter_summary
 from tinygpt.models.lecture import Head
-from tinygpt.runs import train
+from tinygpt.training.runs import train
 
 # parameters of each step at tiny shakespeare's 65 characters: the lecture's code, counted
 STEP_PARAMETERS = {

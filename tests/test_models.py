@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from tinygpt.config import ModelConfig, resolve
-from tinygpt.data import prepare
+from tinygpt.data.corpora import prepare
 from tinygpt.evaluate import estimate_loss
 from tinygpt.models import build_model
 from tinygpt.models.bigram import BigramLanguageModel
-from tinygpt.runs import train
+from tinygpt.training.runs import train
 
 
 def test_forward_contract() -> None:

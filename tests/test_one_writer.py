@@ -16,14 +16,13 @@ import pytest
 import torch
 
 from tinygpt import cpus
-from tinygpt.checkpoint import list_checkpoints
 from tinygpt.config import RunConfig
-from tinygpt.data import prepare
+from tinygpt.data.corpora import prepare
 from tinygpt.errors import UserError
 from tinygpt.evaluate import sampled_split_loss, spaced_windows, split_loss
 from tinygpt.models import build_model
-from tinygpt.rundir import RunDir, RunDirBusy, writer_of, writing
-from tinygpt.runs import resume, train
+from tinygpt.rundir import RunDir, RunDirBusy, list_checkpoints, writer_of, writing
+from tinygpt.training.runs import resume, train
 
 LONG_BIGRAM = ("--preset", "bigram", "--train.eval_interval", "1000", "--train.sample_tokens", "0")
 

@@ -11,7 +11,13 @@ import torch
 
 from tinygpt.config import ModelConfig, OptimConfig
 from tinygpt.models.gpt import GPT
-from tinygpt.optim import BatchedMuon, LrSchedule, lr_scale_at, make_optimizer, parameter_groups
+from tinygpt.training.optim import (
+    BatchedMuon,
+    LrSchedule,
+    lr_scale_at,
+    make_optimizer,
+    parameter_groups,
+)
 
 
 def lr_at(step: int, config: OptimConfig, total_steps: int) -> float:

@@ -10,7 +10,7 @@ import torch
 from tinygpt import runtime
 from tinygpt.config import ModelConfig, OptimConfig
 from tinygpt.models.gpt import GPT
-from tinygpt.optim import BatchedMuon, make_optimizer, orthogonalise
+from tinygpt.training.optim import BatchedMuon, make_optimizer, orthogonalise
 
 CPU = torch.device("cpu")
 

@@ -19,18 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tinygpt import checkpoint as checkpoint_module
-from tinygpt.checkpoint import (
-    list_checkpoints,
-    load_checkpoint,
-    load_train_state,
-    save_checkpoint,
-    step_folder,
-)
+from tinygpt.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from tinygpt.config import DataConfig, RunConfig
-from tinygpt.data import prepare
+from tinygpt.data.corpora import prepare
 from tinygpt.errors import UserError
-from tinygpt.rundir import RunDir
-from tinygpt.runs import resume, train
+from tinygpt.rundir import RunDir, list_checkpoints, step_folder
+from tinygpt.training.runs import resume, train
 
 TINY_TOML = """
 [model]
@@ -419,10 +413,10 @@ def test_any_command_line_exits_cleanly(training_replaced, capsys, argv: list) -
 @pytest.fixture(scope="module")
 def training_replaced():
     """Training itself is replaced: the fuzzer exercises parsing and validation only."""
-    import tinygpt.runs
+    import tinygpt.training.runs
 
     with pytest.MonkeyPatch.context() as mp:
         fake = {"train_loss": 0.0, "val_loss": 0.0}
-        mp.setattr(tinygpt.runs, "train", lambda *a, **k: fake)
-        mp.setattr(tinygpt.runs, "resume", lambda *a, **k: fake)
+        mp.setattr(tinygpt.training.runs, "train", lambda *a, **k: fake)
+        mp.setattr(tinygpt.training.runs, "resume", lambda *a, **k: fake)
         yield mp

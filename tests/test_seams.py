@@ -15,8 +15,8 @@ from tinygpt.config import ModelConfig, RunConfig, SampleConfig
 from tinygpt.generate import Decoder, sample
 from tinygpt.models import build_model
 from tinygpt.models.gpt import GPT, KVCache
-from tinygpt.runs import train
 from tinygpt.tokenizers import Tokenizer, TrainOptions, register
+from tinygpt.training.runs import train
 
 
 @register("reversed-char")

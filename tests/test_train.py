@@ -10,11 +10,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from tinygpt.checkpoint import list_checkpoints, load_checkpoint
+from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import RunConfig, resolve
 from tinygpt.errors import UserError
-from tinygpt.runs import resume, train
-from tinygpt.train import setup, train_step
+from tinygpt.rundir import list_checkpoints
+from tinygpt.training.loop import setup, train_step
+from tinygpt.training.runs import resume, train
 
 TINY = {
     "model": {"arch": "gpt", "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
@@ -109,7 +110,11 @@ def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, prese
     if preset == "gpu-fast":  # its 64 windows a step take seconds each on a CPU
         short["batch_size"] = 2
     config = resolve(preset, overrides={"train": short})
+    threads = torch.get_num_threads()
     train(config, tmp_path / "whole", out=io.StringIO())
+    # a compiled CPU run switches deterministic algorithms on for itself, and off at its end
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads
     train(config, tmp_path / "split", out=io.StringIO(), until=4)
     resume(tmp_path / "split", out=io.StringIO())
     assert_same_weights(tmp_path / "whole", tmp_path / "split")

@@ -12,10 +12,10 @@ import torch
 
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import RunConfig
-from tinygpt.plot import plot_runs
 from tinygpt.rundir import RunDir
-from tinygpt.runs import train
+from tinygpt.training.runs import train
 from tinygpt.viz.attention import attention_maps
+from tinygpt.viz.plot import plot_runs
 from tinygpt.viz.probs import distribution, next_token
 
 QUICK = {"steps": 20, "eval_interval": 10, "eval_batches": 2, "log_interval": 5,

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,20 @@ from tinygpt.config import RunConfig
 from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir
 from tinygpt.models import build_model
-from tinygpt.rundir import RunDir
+from tinygpt.rundir import (
+    CHECKPOINT_NAME,
+    META_FILE,
+    TRAIN_STATE_FILE,
+    WEIGHTS_FILE,
+    RunDir,
+    find_checkpoint,
+    is_complete,
+    list_checkpoints,
+    read_meta,
+)
 from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
 
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})$")
 
 
 @dataclass
@@ -44,11 +52,6 @@ class Checkpoint:
     tokenizer: Tokenizer
     model: nn.Module
     metrics: dict[str, Any]
-
-
-def step_folder(run_dir: Path, step: int) -> Path:
-    """Where a run keeps the checkpoint of a step."""
-    return RunDir(run_dir).checkpoints / f"step-{step:08d}"
 
 
 def save_checkpoint(
@@ -74,7 +77,7 @@ def save_checkpoint(
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir(folder.parent, ".tmp-")
         try:
-            safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+            safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE))
             meta = {
                 "format": FORMAT_VERSION,
                 "step": step,
@@ -82,11 +85,11 @@ def save_checkpoint(
                 "tokenizer": tokenizer.to_dict(),
                 "metrics": metrics,
             }
-            (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1))
+            (tmp / META_FILE).write_text(json.dumps(meta, ensure_ascii=False, indent=1))
             if train_state is not None:
                 buffer = io.BytesIO()
                 torch.save(train_state, buffer)
-                (tmp / "train_state.pt").write_bytes(buffer.getbuffer())
+                (tmp / TRAIN_STATE_FILE).write_bytes(buffer.getbuffer())
             _fsync_tree(tmp)
             _swap_into_place(tmp, folder)
         finally:
@@ -144,7 +147,7 @@ def _remove(folder: Path) -> None:
 
 def load_train_state(folder: Path) -> dict[str, Any]:
     """Optimizer and RNG states of a checkpoint; tensors and plain data only, never code."""
-    path = folder / "train_state.pt"
+    path = folder / TRAIN_STATE_FILE
     if not path.is_file():
         raise UserError(f"checkpoint {folder} has no training state to resume from")
     try:
@@ -168,44 +171,6 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary folders are skipped)."""
-    parent = RunDir(run_dir).checkpoints
-    if not parent.is_dir():
-        return []
-    found = [p for p in parent.iterdir() if CHECKPOINT_NAME.match(p.name) and is_complete(p)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
-
-
-def is_complete(folder: Path) -> bool:
-    return (folder / "meta.json").is_file() and (folder / "model.safetensors").is_file()
-
-
-def find_checkpoint(path: Path) -> Path:
-    """A checkpoint folder itself, or the newest checkpoint of a run directory (its best one,
-    with a note, when no step checkpoint is left)."""
-    if not path.exists():
-        raise UserError(f"no such run directory: {path}")
-    if is_complete(path):
-        return path
-    found = list_checkpoints(path)
-    if found:
-        return found[-1]
-    best = RunDir(path).best
-    if is_complete(best):
-        print(
-            f"tinygpt: note: {path} has no step checkpoint left; using its best one ({best})",
-            file=sys.stderr,
-        )
-        return best
-    raise UserError(f"{path} is not a tinygpt run directory (it holds no checkpoint)")
-
-
-def read_meta(folder: Path) -> dict[str, Any]:
-    """A checkpoint folder's meta.json: format, step, config, tokenizer, metrics."""
-    return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-
-
 def load_checkpoint(path: Path) -> Checkpoint:
     """Load a checkpoint (or a run's newest one): config, tokenizer and model weights."""
     folder = find_checkpoint(path)
@@ -219,7 +184,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if meta.get("format") != FORMAT_VERSION:
         raise UserError(f"checkpoint {folder} has unsupported format {meta.get('format')!r}")
     model = build_model(config.model, tokenizer.vocab_size)
-    weights = folder / "model.safetensors"
+    weights = folder / WEIGHTS_FILE
     try:
         safetensors.torch.load_model(model, str(weights), device="cpu")
     except RuntimeError as exc:  # names or shapes differ from what the config builds

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from tinygpt.batches import batch_at, eval_batches
 from tinygpt.checkpoint import Checkpoint
+from tinygpt.data.batches import batch_at, eval_batches
 from tinygpt.errors import UserError
 from tinygpt.runtime import SINGLE_PROCESS, Distributed, all_mean, autocast_dtype
 
@@ -233,7 +233,7 @@ def score_checkpoint(
 ) -> Score:
     """Score a trained model on a corpus encoded with its own tokenizer (the run's corpus
     gives the figure its training reported as `whole_val_loss`)."""
-    from tinygpt.data import prepare
+    from tinygpt.data.corpora import prepare
 
     config = checkpoint.config
     data = prepare(dataclasses.replace(config.data, dataset=dataset), checkpoint.tokenizer)

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from tinygpt.checkpoint import load_checkpoint, save_checkpoint, step_folder
+from tinygpt.checkpoint import load_checkpoint, save_checkpoint
 from tinygpt.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir, temp_file
 from tinygpt.models import build_model
-from tinygpt.rundir import RunDir, check_run_dir, writing
+from tinygpt.rundir import RunDir, check_run_dir, step_folder, writing
 from tinygpt.tokenizers import END_OF_TEXT, Gpt2Tokenizer, Tokenizer
 from tinygpt.tokenizers.bpe import byte_to_symbol
 from tinygpt.tokenizers.gpt2 import RANKS_SHA256, cached_ranks_path, find_ranks, install_ranks

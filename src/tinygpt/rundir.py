@@ -4,7 +4,7 @@
 runs/NAME/
   config.json             the resolved config
   tokenizer.json          the tokenizer (its kind's JSON; every checkpoint holds it too)
-  metrics.jsonl           one JSON object per line (metrics.py writes them)
+  metrics.jsonl           one JSON object per line (training/metrics.py writes them)
   metrics-earlier.jsonl   what a run logged before it had to start again from step 0
   loss.png                the loss curves, drawn at the end
   checkpoints/            step-NNNNNNNN/ and best/ (checkpoint.py writes them)
@@ -27,16 +27,25 @@ import datetime
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tinygpt.config import RunConfig
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, note
 from tinygpt.tokenizers import Tokenizer, save_tokenizer
+
+# A checkpoint folder (checkpoint.py writes and reads them): what is in it, and the name of a
+# step's folder in checkpoints/.
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"  # format, step, config, tokenizer, metrics
+TRAIN_STATE_FILE = "train_state.pt"  # optimizer and RNG states, for exact resume
+CHECKPOINT_NAME = re.compile(r"^step-(\d{8,})$")
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,60 @@ class RunDir:
 
 def is_run_dir(path: Path) -> bool:
     return RunDir(path).exists()
+
+
+def step_folder(run_dir: Path, step: int) -> Path:
+    """Where a run keeps the checkpoint of a step."""
+    return RunDir(run_dir).checkpoints / f"step-{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary folders are skipped)."""
+    parent = RunDir(run_dir).checkpoints
+    if not parent.is_dir():
+        return []
+    found = [p for p in parent.iterdir() if CHECKPOINT_NAME.match(p.name) and is_complete(p)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / META_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A checkpoint folder itself, or the newest checkpoint of a run directory (its best one,
+    with a note, when no step checkpoint is left)."""
+    if not path.exists():
+        raise UserError(f"no such run directory: {path}")
+    if is_complete(path):
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    best = RunDir(path).best
+    if is_complete(best):
+        note(f"{path} has no step checkpoint left; using its best one ({best})")
+        return best
+    raise UserError(f"{path} is not a tinygpt run directory (it holds no checkpoint)")
+
+
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A checkpoint folder's meta.json: format, step, config, tokenizer, metrics."""
+    return json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether the newest complete checkpoint of a run is its last step."""
+    if not is_run_dir(run_dir) or not list_checkpoints(run_dir):
+        return False
+    _, meta = newest_checkpoint(run_dir)
+    return meta["step"] >= meta["config"]["train"]["steps"]
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest complete checkpoint folder and its meta.json."""
+    folder = find_checkpoint(run_dir)
+    return folder, read_meta(folder)
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:

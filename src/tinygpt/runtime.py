@@ -46,6 +46,29 @@ def require_compiler(device: torch.device) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ProcessSettings:
+    """What a run may switch on for the whole process, noted to be given back at its end."""
+
+    threads: int
+    deterministic: bool
+    deterministic_warn_only: bool
+
+    @classmethod
+    def current(cls) -> ProcessSettings:
+        return cls(
+            threads=torch.get_num_threads(),
+            deterministic=torch.are_deterministic_algorithms_enabled(),
+            deterministic_warn_only=torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
+
+    def restore(self) -> None:
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(
+            self.deterministic, warn_only=self.deterministic_warn_only
+        )
+
+
 def seed_everything(seed: int) -> None:
     """Seed every generator a run may touch; tinygpt's own streams use explicit generators."""
     random.seed(seed)

@@ -45,7 +45,7 @@ from tinygpt.cli.trained import (
 from tinygpt.config import RunConfig
 from tinygpt.cpus import wait_briefly
 from tinygpt.errors import Interrupted, UserError
-from tinygpt.faults import stop_if_requested, stop_request
+from tinygpt.training.signals import stop_if_requested, stop_request
 
 
 def build_parser(shown: RunConfig | None = None, shown_as: str = "") -> Parser:

@@ -66,7 +66,7 @@ def add_trick_command(commands: Any) -> None:
 
 
 def run_data(args: argparse.Namespace) -> None:
-    from tinygpt import data
+    from tinygpt.data import corpora as data
 
     if args.name is None and args.source is not None:
         fail(f"--from needs a corpus name: tinygpt data NAME --from {args.source}")
@@ -88,7 +88,7 @@ def run_data(args: argparse.Namespace) -> None:
 
 def run_inspect(args: argparse.Namespace) -> None:
     from tinygpt.config import DataConfig
-    from tinygpt.walkthrough import inspect_corpus
+    from tinygpt.viz.notebook import inspect_corpus
 
     if args.block_size < 1 or args.batch_size < 1 or args.seed < 0:
         fail("--block-size and --batch-size must be at least 1, --seed not negative")
@@ -110,6 +110,6 @@ def run_inspect(args: argparse.Namespace) -> None:
 
 
 def run_trick(args: argparse.Namespace) -> None:
-    from tinygpt.walkthrough import print_trick
+    from tinygpt.viz.notebook import print_trick
 
     print_trick(sys.stdout, png_dir=args.png)

@@ -134,8 +134,8 @@ def default_run_dir(name: str) -> Path:
 
 
 def train_here(args: argparse.Namespace) -> None:
-    from tinygpt.runs import fine_tune_config, start_or_resume
     from tinygpt.runtime import distributed_from_env, under_torchrun
+    from tinygpt.training.runs import fine_tune_config, start_or_resume
 
     overrides = config_overrides(args)
     if under_torchrun() and args.out is None and args.resume is None:

@@ -266,7 +266,7 @@ def run_import(args: argparse.Namespace) -> None:
 
 def run_plot(args: argparse.Namespace) -> None:
     from tinygpt.files import check_writable
-    from tinygpt.plot import plot_runs
+    from tinygpt.viz.plot import plot_runs
 
     check_writable(args.out)
     plot_runs(args.run_dirs, args.out, x=args.x)

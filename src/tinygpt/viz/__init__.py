@@ -1,2 +1,2 @@
-"""Seeing inside a trained model: attention maps (`attention.py`) and next-token
-probabilities (`probs.py`); loss curves of runs are `plot.py`'s."""
+"""Seeing inside a model: attention maps (attention), next-token probabilities (probs), loss
+curves (plot), and the lecture notebook's cells printed by `inspect` and `trick` (notebook)."""

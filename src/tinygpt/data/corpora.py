@@ -31,10 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from tinygpt.config import DataConfig
+from tinygpt.data.sources import DOCUMENT_END, Source, TextReader, sha256_of
+from tinygpt.data.token_files import DOCUMENT_SEPARATOR, PREPARE_FORMAT, TokenFiles
 from tinygpt.errors import UserError
 from tinygpt.files import cache_home, temp_dir, temp_file
-from tinygpt.sources import DOCUMENT_END, Source, TextReader, sha256_of
-from tinygpt.token_files import DOCUMENT_SEPARATOR, PREPARE_FORMAT, TokenFiles
 from tinygpt.tokenizers import (
     Tokenizer,
     TrainOptions,

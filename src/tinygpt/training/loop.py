@@ -1,9 +1,10 @@
-"""Training: setup -> fit -> evaluate -> checkpoint, with no global state.
+"""The training loop: setup -> fit (steps, evaluation, checkpoints, metrics, signals).
 
 A `Session` is a run's live state; `train_step` advances it by one optimizer step and `fit`
-is the loop around it (evaluation, checkpoints, metrics, signals). What a checkpoint must
-hold for exact resumption is `train_state`; starting, resuming and finishing a run in its
-directory is `runs.py`'s work.
+is the loop around it. What a checkpoint must hold for exact resumption is `train_state`;
+starting, resuming and finishing a run in its directory is `runs.py`'s work. What a run
+switches on for the whole process (torch's thread count; deterministic algorithms for a
+compiled CPU run) is noted in `setup` and given back when the run ends (`runs.run`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from tinygpt.batches import check_length, random_batch
-from tinygpt.budget import REPLAN_EVERY, TimeBudget
-from tinygpt.checkpoint import prune_checkpoints, save_checkpoint, step_folder
+from tinygpt.checkpoint import prune_checkpoints, save_checkpoint
 from tinygpt.config import RunConfig
 from tinygpt.cpus import choose_threads
-from tinygpt.data import PreparedData, prepare
+from tinygpt.data.batches import check_length, random_batch
+from tinygpt.data.corpora import PreparedData, prepare
 from tinygpt.errors import TrainingInterrupted, UserError, note
 from tinygpt.evaluate import (
     EvaluationStopped,
@@ -38,15 +38,13 @@ from tinygpt.evaluate import (
     sampled_split_loss,
     split_loss,
 )
-from tinygpt.faults import crash, planned_fault, stop_request
-from tinygpt.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.models import build_model
 from tinygpt.models.gpt import fit_to_vocabulary
-from tinygpt.optim import LrSchedule, OptimizerPair, make_optimizer
-from tinygpt.rundir import RunDir
+from tinygpt.rundir import RunDir, step_folder
 from tinygpt.runtime import (
     SINGLE_PROCESS,
     Distributed,
+    ProcessSettings,
     all_mean,
     any_rank,
     autocast_dtype,
@@ -60,6 +58,10 @@ from tinygpt.runtime import (
     set_rng_states,
 )
 from tinygpt.tokenizers import Tokenizer
+from tinygpt.training.budget import REPLAN_EVERY, TimeBudget
+from tinygpt.training.metrics import MetricsLog, Throughput, require_tensorboard
+from tinygpt.training.optim import LrSchedule, OptimizerPair, make_optimizer
+from tinygpt.training.signals import crash, planned_fault, stop_request
 
 
 @dataclass
@@ -81,7 +83,7 @@ class Session:
     elapsed_s: float = 0.0  # wall time of the run before this process (resumed runs)
     training_s: float = 0.0  # time in training steps, over all of the run's processes
     budget: TimeBudget | None = None  # plans the length of a time-limited run until its end
-    threads_before: int = 1  # torch's thread count before setup, given back by runs.run
+    process_before: ProcessSettings | None = None  # given back when the run ends (runs.run)
 
     @property
     def planned_steps(self) -> int:
@@ -95,7 +97,8 @@ def setup(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Session:
     """Prepare the data and build the model and optimizer for a config, and give torch the
-    run's thread count (train.threads; `runs.run` gives back the count it found).
+    run's thread count (train.threads); the process's settings before are kept in the
+    session, for `runs.run` to give back.
 
     A run that goes on from trained weights (a resumed or a fine-tuned one) gives their
     tokenizer, which encodes the corpus instead of a new one, and a fine-tune its starting
@@ -109,7 +112,7 @@ def setup(
     group = distributed_from_env()
     device = init_distributed(group, resolve_device(config.train.device))
     config = _with_threads(config, group)
-    threads_before = torch.get_num_threads()
+    process_before = ProcessSettings.current()
     torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     fitted = fit_to_vocabulary(config.model, data.tokenizer.vocab_size)
@@ -143,7 +146,7 @@ def setup(
         dtype=autocast_dtype(config.train.dtype, device),
         generator=torch.Generator().manual_seed(config.train.seed),
         group=group,
-        threads_before=threads_before,
+        process_before=process_before,
     )
     if config.train.time_limit > 0:
         session.budget = TimeBudget(config.train.time_limit, config.train.steps)

@@ -22,27 +22,31 @@ from typing import Any, TextIO
 import safetensors.torch
 import torch
 
-from tinygpt.checkpoint import (
-    clean_checkpoints,
-    find_checkpoint,
-    is_complete,
-    list_checkpoints,
-    load_checkpoint,
-    load_train_state,
-    read_meta,
-)
+from tinygpt.checkpoint import clean_checkpoints, load_checkpoint, load_train_state
 from tinygpt.config import RunConfig, SampleConfig
 from tinygpt.errors import Interrupted, UserError
 from tinygpt.evaluate import describe_score
-from tinygpt.faults import stop_if_requested, stop_request
 from tinygpt.generate import stream_text
-from tinygpt.metrics import drop_metrics_after
 from tinygpt.models import count_parameters, parameter_summary
-from tinygpt.plot import plot_losses
-from tinygpt.rundir import RunDir, check_run_dir, is_run_dir, writing
+from tinygpt.rundir import (
+    WEIGHTS_FILE,
+    RunDir,
+    check_run_dir,
+    find_checkpoint,
+    is_complete,
+    is_finished,
+    is_run_dir,
+    list_checkpoints,
+    newest_checkpoint,
+    read_meta,
+    writing,
+)
 from tinygpt.runtime import barrier, distributed_from_env, restart_count
 from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
-from tinygpt.train import Session, fit, restore_train_state, setup
+from tinygpt.training.loop import Session, fit, restore_train_state, setup
+from tinygpt.training.metrics import drop_metrics_after
+from tinygpt.training.signals import stop_if_requested, stop_request
+from tinygpt.viz.plot import plot_losses
 
 
 def train(
@@ -158,20 +162,6 @@ def fine_tune_config(config: RunConfig, given: dict[str, dict[str, Any]]) -> Run
     return fine_tune
 
 
-def is_finished(run_dir: Path) -> bool:
-    """Whether the newest complete checkpoint of a run is its last step."""
-    if not is_run_dir(run_dir) or not list_checkpoints(run_dir):
-        return False
-    _, meta = _newest_checkpoint(run_dir)
-    return meta["step"] >= meta["config"]["train"]["steps"]
-
-
-def _newest_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest complete checkpoint folder and its meta.json."""
-    folder = find_checkpoint(run_dir)
-    return folder, read_meta(folder)
-
-
 def resume(
     run_dir: Path, steps: int | None = None, out: TextIO | None = None, until: int | None = None
 ) -> dict[str, float]:
@@ -192,7 +182,7 @@ def _resume(
     if not list_checkpoints(run_dir):
         config = _config_with_steps(RunDir(run_dir).read_config(), steps)
         return restart(config, run_dir, out, until)
-    folder, meta = _newest_checkpoint(run_dir)
+    folder, meta = newest_checkpoint(run_dir)
     config = _config_with_steps(RunConfig.from_dict(meta["config"]), steps)
     if meta["step"] >= config.train.steps:
         raise UserError(
@@ -201,7 +191,7 @@ def _resume(
         )
     session = setup(config, tokenizer_from_dict(meta["tokenizer"]))
     stop_if_requested()
-    safetensors.torch.load_model(session.model, str(folder / "model.safetensors"))
+    safetensors.torch.load_model(session.model, str(folder / WEIGHTS_FILE))
     restore_train_state(session, load_train_state(folder))
     barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
     if session.group.is_main:
@@ -221,12 +211,13 @@ def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
 
 
 def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) -> dict[str, float]:
-    """Report, fit, plot the losses and print a sample (rank 0 alone reports); torch's
-    thread count is the process's default again afterwards."""
+    """Report, fit, plot the losses and print a sample (rank 0 alone reports); then give
+    the process back the settings it had before `setup`."""
     try:
         return _run(session, run_dir, out, until)
     finally:
-        torch.set_num_threads(session.threads_before)
+        if session.process_before is not None:
+            session.process_before.restore()
 
 
 def _run(

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tinygpt.data.sources import DOCUMENT_END, Piece, Source, TextReader
 from tinygpt.errors import UserError, note
-from tinygpt.sources import DOCUMENT_END, Piece, Source, TextReader
 from tinygpt.tokenizers import Tokenizer
 
 PREPARE_FORMAT = 3  # bump when the prepared files change meaning (3: folders, bytes per split)
