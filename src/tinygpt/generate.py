@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from tinygpt.checkpoint import Checkpoint
-from tinygpt.config import SampleConfig, WindowPolicy
+from tinygpt.config import ModelConfig, SampleConfig, WindowPolicy
 from tinygpt.errors import UserError
 from tinygpt.models.gpt import KVCache
 from tinygpt.runtime import warn_if_bf16_is_slow
@@ -56,7 +56,8 @@ class Decoder:
         self.window = idx[:, -self.block_size :]
         if self.use_cache:
             param = next(self.model.parameters())
-            self.cache = KVCache.empty(self.model.config, idx.size(0), param.device, param.dtype)
+            config: ModelConfig = self.model.config  # type: ignore[assignment]  # its own
+            self.cache = KVCache.empty(config, idx.size(0), param.device, param.dtype)
         return self._prefill()
 
     def step(self, token: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tinygpt.checkpoint import load_checkpoint, save_checkpoint
-from tinygpt.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from tinygpt.config import Activation, DataConfig, ModelConfig, RunConfig, TrainConfig
 from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir, temp_file
 from tinygpt.models import build_model
@@ -31,8 +31,13 @@ from tinygpt.tokenizers.bpe import byte_to_symbol
 from tinygpt.tokenizers.gpt2 import RANKS_SHA256, cached_ranks_path, find_ranks, install_ranks
 
 # GPT-2's MLP activation names <-> tinygpt's (gelu_new is the tanh approximation)
-ACTIVATIONS_IN = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
-ACTIVATIONS_IN |= {"relu": "relu", "relu2": "relu2"}
+ACTIVATIONS_IN: dict[str, Activation] = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "relu2": "relu2",
+}
 ACTIVATIONS_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "relu2": "relu2"}
 LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default, which tinygpt's GPT uses
 CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # stored (in, out)
@@ -195,7 +200,7 @@ def model_config_from(hf_config: Any) -> ModelConfig:
         "cross-attention": hf_config.add_cross_attention,
     }
     found = [what for what, present in problems.items() if present]
-    if found:
+    if found or activation is None:
         raise UserError(f"cannot import this GPT-2 variant: {', '.join(found)}")
     return ModelConfig(
         arch="gpt",
@@ -271,8 +276,9 @@ def _write_run(out: Path, config: RunConfig, tokenizer: Tokenizer, model: nn.Mod
         run = RunDir(tmp)
         run.write_config(config)
         run.write_tokenizer(tokenizer)
-        about = {"step": 0, "config": config, "tokenizer": tokenizer, "metrics": {}}
-        save_checkpoint(step_folder(tmp, 0), model, **about)
+        save_checkpoint(
+            step_folder(tmp, 0), model, step=0, config=config, tokenizer=tokenizer, metrics={}
+        )
         RunDir(out).adopt(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -149,7 +149,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     if not parent.is_dir():
         return []
     found = [p for p in parent.iterdir() if CHECKPOINT_NAME.match(p.name) and is_complete(p)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
 
 def is_complete(folder: Path) -> bool:

@@ -177,9 +177,9 @@ def rng_states(device: torch.device) -> dict[str, torch.Tensor | list[torch.Tens
 
 
 def set_rng_states(states: dict[str, torch.Tensor | list[torch.Tensor]]) -> None:
-    torch.set_rng_state(states["torch"])  # type: ignore[arg-type]
+    torch.set_rng_state(states["torch"])  # type: ignore[arg-type]  # a tensor, by its key
     if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])  # type: ignore[arg-type]
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tinygpt.config import DataConfig
-from tinygpt.data.sources import DOCUMENT_END, Source, TextReader, sha256_of
+from tinygpt.data.sources import Source, TextReader, sha256_of
 from tinygpt.data.token_files import DOCUMENT_SEPARATOR, PREPARE_FORMAT, TokenFiles
 from tinygpt.errors import UserError
 from tinygpt.files import cache_home, temp_dir, temp_file
@@ -262,7 +262,7 @@ def _train_tokenizer(source: Source, config: DataConfig) -> Tokenizer:
     if limit == 0:
         return kind.train([], options)
     pieces = TextReader(source).pieces(byte_limit=limit)
-    return kind.train((DOCUMENT_SEPARATOR if p is DOCUMENT_END else p for p in pieces), options)
+    return kind.train((p if isinstance(p, str) else DOCUMENT_SEPARATOR for p in pieces), options)
 
 
 def _load_prepared(source: str, folder: Path) -> PreparedData:

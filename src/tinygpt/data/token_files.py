@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tinygpt.data.sources import DOCUMENT_END, Piece, Source, TextReader
+from tinygpt.data.sources import DocumentEnd, Piece, Source, TextReader
 from tinygpt.errors import UserError, note
 from tinygpt.tokenizers import Tokenizer
 
@@ -95,7 +95,7 @@ def _encoded(pieces: Iterator[Piece], tokenizer: Tokenizer) -> Iterator[np.ndarr
     end-of-text token, or by a blank line where the tokenizer has none."""
     batch: list[str] = []
     for piece in pieces:
-        if piece is DOCUMENT_END:
+        if isinstance(piece, DocumentEnd):
             if batch:
                 yield tokenizer.encode_batch(batch)
                 batch = []

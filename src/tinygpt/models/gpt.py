@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -147,7 +148,7 @@ class CausalSelfAttention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_size)  # (B, nh, T, T)
         causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
-        self.recorded.append(weights)  # type: ignore[union-attr]
+        self.recorded.append(weights)  # type: ignore[union-attr]  # a list: forward checked
         return weights @ v  # (B, nh, T, hs)
 
     def _extend_cache(
@@ -231,6 +232,8 @@ class GPT(nn.Module):
     supports_kv_cache = True
     supports_attention_maps = True  # attention_weights()
     supports_block_crop = True  # crop_block_size()
+    rotary_cos: torch.Tensor  # (block_size, hs/2), buffers when config.rotary
+    rotary_sin: torch.Tensor
 
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
@@ -296,12 +299,12 @@ class GPT(nn.Module):
     def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) tokens -> (n_layer, B, nh, T, T): how much each position attends to every
         position up to it, per layer and head (each row sums to 1)."""
-        attentions = [block.attn for block in self.blocks]
+        attentions = [cast(Block, block).attn for block in self.blocks]
         for attn in attentions:
             attn.recorded = []
         try:
             self(idx)
-            return torch.stack([attn.recorded[0] for attn in attentions])  # type: ignore[index]
+            return torch.stack([attn.recorded[0] for attn in attentions])  # type: ignore[index]  # lists
         finally:
             for attn in attentions:
                 attn.recorded = None
@@ -363,7 +366,7 @@ class GPT(nn.Module):
         pair of it and the token before it (n=3; a window's first token pairs with 'none')."""
         if self.config.ngram == 2:
             return idx
-        vocab_size, T = self.ngram.embedding_dim, idx.size(1)  # type: ignore[union-attr]
+        vocab_size, T = self.ngram.embedding_dim, idx.size(1)  # type: ignore[union-attr]  # set
         idx, known = self._with_earlier(idx, start, cache, 1)
         before = F.pad(idx, (1 - known, 0), value=-1)[:, :T]  # (B, T): -1 for none
         return (before + 1) * vocab_size + idx[:, known:]

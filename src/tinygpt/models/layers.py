@@ -96,12 +96,12 @@ class ReluSquared(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        (relu,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        (relu,) = ctx.saved_tensors  # type: ignore[attr-defined]  # set by save_for_backward
         return (grad * relu).mul_(2)
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
-    return ReluSquared.apply(x)  # type: ignore[no-any-return]
+    return ReluSquared.apply(x)
 
 
 def make_norm(config: ModelConfig, size: int) -> nn.Module:

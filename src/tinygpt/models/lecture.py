@@ -19,6 +19,8 @@ Shapes: B batch, T time, C n_embd, hs head size, V vocabulary.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,6 +32,8 @@ STEPS = ("head", "multihead", "ffwd", "residual", "layernorm")
 
 class Head(nn.Module):
     """One head of self-attention."""
+
+    tril: torch.Tensor  # (block_size, block_size): ones on and below the diagonal
 
     def __init__(self, config: ModelConfig, head_size: int) -> None:
         super().__init__()
@@ -157,7 +161,8 @@ class LectureLanguageModel(nn.Module):
     def _heads_by_layer(self) -> list[list[Head]]:
         if self.sa_head is not None:
             return [[self.sa_head]]
-        return [list(m.heads) for m in self.modules() if isinstance(m, MultiHeadAttention)]
+        attentions = [m for m in self.modules() if isinstance(m, MultiHeadAttention)]
+        return [cast(list[Head], list(m.heads)) for m in attentions]
 
     @torch.no_grad()
     def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:
@@ -168,8 +173,10 @@ class LectureLanguageModel(nn.Module):
             head.recorded = []
         try:
             self(idx)
-            by_layer = [torch.stack([h.recorded[0] for h in layer], dim=1) for layer in layers]
-            return torch.stack(by_layer)  # type: ignore[index]
+            recorded = [
+                [cast(list[torch.Tensor], h.recorded)[0] for h in layer] for layer in layers
+            ]
+            return torch.stack([torch.stack(heads, dim=1) for heads in recorded])
         finally:
             for head in (h for layer in layers for h in layer):
                 head.recorded = None

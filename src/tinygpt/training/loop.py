@@ -212,15 +212,16 @@ def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[
     `_bpb`, `_stderr`, `_tokens`): the end of a run stays short on a large corpus."""
     cfg, val = session.config, session.data.val
     tokens_per_byte = session.data.tokens_per_byte("val")
-    options = {"group": session.group, "stop": stop}
-    shape = (cfg.model.block_size, cfg.train.batch_size, session.device)
+    model, group = session.model, session.group
+    block_size, batch_size, device = cfg.model.block_size, cfg.train.batch_size, session.device
     with autocast(session):
         if len(val) - 1 <= cfg.train.whole_val_tokens:
-            loss = split_loss(session.model, val, *shape, **options)
+            loss = split_loss(model, val, block_size, batch_size, device, group=group, stop=stop)
             return {"whole_val_loss": loss, "whole_val_bpb": bits_per_byte(loss, tokens_per_byte)}
         sampled = sampled_split_loss(
-            session.model, val, *shape, max_tokens=cfg.train.whole_val_tokens, **options
-        )
+            model, val, block_size, batch_size, device,
+            max_tokens=cfg.train.whole_val_tokens, group=group, stop=stop,
+        )  # fmt: skip
     return {
         "sampled_val_loss": sampled.loss,
         "sampled_val_bpb": bits_per_byte(sampled.loss, tokens_per_byte),
@@ -317,7 +318,7 @@ def _plan_length(session: Session, step_s: float) -> None:
 def _gradient_sync(session: Session, last_micro_step: bool) -> contextlib.AbstractContextManager:
     """DDP averages gradients over the group on the last micro-step only."""
     if session.group.enabled and not last_micro_step:
-        return session.forward.no_sync()  # type: ignore[union-attr]
+        return session.forward.no_sync()  # type: ignore[attr-defined]  # forward is the DDP wrapper here
     return contextlib.nullcontext()
 
 
@@ -487,7 +488,7 @@ def _save(
     """
     cfg, step = session.config, session.step
     if session.group.is_main:
-        about = {
+        about: dict[str, Any] = {
             "step": step,
             "config": cfg,
             "tokenizer": session.data.tokenizer,

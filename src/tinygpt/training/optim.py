@@ -70,7 +70,7 @@ class BatchedMuon(torch.optim.Muon):
         self.ns_dtype = ns_dtype
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # torch declares it with overloads; the same closure
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -137,7 +137,7 @@ def make_optimizer(
     fused = device.type in ("cuda", "cpu")  # one kernel for all parameters (4x on a CPU)
     params = list(model.parameters())
     if config.optimizer == "muon":
-        muon_params = {id(p) for p in model.hidden_matrices()}
+        muon_params = {id(p) for p in model.hidden_matrices()}  # type: ignore[operator]  # a model's own method: nn.Module's type knows only tensors and modules
         params = [p for p in params if id(p) not in muon_params]
     groups = parameter_groups(params, config.weight_decay)
     adamw = torch.optim.AdamW(
@@ -146,7 +146,7 @@ def make_optimizer(
     if config.optimizer == "adamw":
         return adamw
     muon = BatchedMuon(
-        model.hidden_matrices(),
+        model.hidden_matrices(),  # type: ignore[operator]  # a model's own method: nn.Module's type knows only tensors and modules
         lr=config.muon_lr,
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,
