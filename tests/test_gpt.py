@@ -8,10 +8,9 @@ import math
 import pytest
 import torch
 
-from tinygpt.config import ModelConfig
-from tinygpt.errors import UserError
+from tinygpt.config import ModelConfig, fit_to_vocabulary
 from tinygpt.models import build_model, count_parameters
-from tinygpt.models.gpt import GPT, KVCache
+from tinygpt.models.gpt import GPT, MLP, KVCache
 from tinygpt.models.layers import (
     FastMatvecLinear,
     apply_rotary,
@@ -182,12 +181,23 @@ def test_ngram_table_adds_the_row_of_the_last_tokens(n: int) -> None:
         torch.testing.assert_close(logits[b, t], table[row])
 
 
-def test_ngram_table_of_a_large_vocabulary_is_refused() -> None:
-    with pytest.raises(UserError, match=r"model\.ngram 3 needs 134,479,872 parameters"):
-        GPT(dataclasses.replace(SMALL, ngram=3), 512)  # a small BPE's pairs: too many
-    with pytest.raises(UserError, match=r"model\.ngram 2 needs"):
-        GPT(dataclasses.replace(SMALL, ngram=2), 50257)
+def test_an_ngram_table_too_big_for_the_vocabulary_is_turned_off_with_a_note(capsys) -> None:
+    pairs = dataclasses.replace(SMALL, ngram=3)
+    assert fit_to_vocabulary(pairs, 512).ngram == 0  # a small BPE's pairs: too many
+    assert "model.ngram 3 is off: its table would hold 134,479,872 parameters" in (
+        capsys.readouterr().err
+    )
+    assert fit_to_vocabulary(dataclasses.replace(SMALL, ngram=2), 50257).ngram == 0
+    assert fit_to_vocabulary(dataclasses.replace(SMALL, ngram=2), 2048).ngram == 2  # fits
+    assert capsys.readouterr().err.count("\n") == 1  # one note, for the one turned off
     assert GPT(dataclasses.replace(SMALL, ngram=2), 2048).ngram.weight.shape == (2048, 2048)
+
+
+def test_an_unknown_activation_is_refused_not_replaced() -> None:
+    config = dataclasses.replace(SMALL)
+    config.activation = "swish"  # type: ignore[assignment]  # past the config's own check
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        MLP(config)
 
 
 @pytest.mark.parametrize("name", ["lecture", "rotary", "modern", "value_embeds", "smear", "ngram"])

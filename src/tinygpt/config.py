@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, note
 from tinygpt.tokenizers import tokenizer_kind
 
 # the values a field may take: its type says them, the checks and the command line read it
@@ -120,6 +120,29 @@ class ModelConfig:
         _require(self.logit_softcap >= 0, "model.logit_softcap must not be negative")
         _require(self.smear >= 0, "model.smear must not be negative")
         _require(self.ngram in (0, 2, 3), "model.ngram must be 0 (none), 2 or 3")
+
+
+MAX_NGRAM_PARAMETERS = 1 << 23  # a bigger n-gram table is too big to learn in a small run
+
+
+def ngram_parameters(n: int, vocab_size: int) -> int:
+    """The size of the `model.ngram` table: a row of logits per last token (n=2) or per pair
+    of the last two, the first of which may be 'none' (n=3)."""
+    rows = {0: 0, 2: vocab_size, 3: (vocab_size + 1) * vocab_size}[n]
+    return rows * vocab_size
+
+
+def fit_to_vocabulary(config: ModelConfig, vocab_size: int) -> ModelConfig:
+    """The config, with an n-gram table too big for this vocabulary turned off and a note
+    saying so: the CPU default has one, made for characters, and still runs with a BPE."""
+    size = ngram_parameters(config.ngram, vocab_size)
+    if size <= MAX_NGRAM_PARAMETERS:
+        return config
+    note(
+        f"model.ngram {config.ngram} is off: its table would hold {size:,} parameters with "
+        f"{vocab_size:,} tokens; it is for character vocabularies"
+    )
+    return dataclasses.replace(config, ngram=0)
 
 
 @dataclass

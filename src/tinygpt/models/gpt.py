@@ -13,7 +13,9 @@ Shapes: B batch, T time (tokens), C n_embd, nh heads, hs head size (C // nh), V 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -21,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinygpt.config import ModelConfig
-from tinygpt.errors import UserError, note
+from tinygpt.config import ModelConfig, ngram_parameters
 from tinygpt.models.layers import (
     FastMatvecLinear,
     apply_rotary,
@@ -30,28 +31,6 @@ from tinygpt.models.layers import (
     relu_squared,
     rotary_tables,
 )
-
-MAX_NGRAM_PARAMETERS = 1 << 23  # a bigger n-gram table is too big to learn in a small run
-
-
-def ngram_parameters(n: int, vocab_size: int) -> int:
-    """The size of the `model.ngram` table: a row of logits per last token (n=2) or per pair
-    of the last two, the first of which may be 'none' (n=3)."""
-    rows = {0: 0, 2: vocab_size, 3: (vocab_size + 1) * vocab_size}[n]
-    return rows * vocab_size
-
-
-def fit_to_vocabulary(config: ModelConfig, vocab_size: int) -> ModelConfig:
-    """The config, with an n-gram table too big for this vocabulary turned off and a note
-    saying so: the CPU default has one, made for characters, and still runs with a BPE."""
-    size = ngram_parameters(config.ngram, vocab_size)
-    if size <= MAX_NGRAM_PARAMETERS:
-        return config
-    note(
-        f"model.ngram {config.ngram} is off: its table would hold {size:,} parameters with "
-        f"{vocab_size:,} tokens; it is for character vocabularies"
-    )
-    return dataclasses.replace(config, ngram=0)
 
 
 @dataclass
@@ -168,24 +147,26 @@ class CausalSelfAttention(nn.Module):
         return keys, values, allowed, False
 
 
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": functools.partial(F.gelu, approximate="tanh"),  # what GPT-2 was trained with
+    "relu": F.relu,
+    "relu2": relu_squared,  # sparse and cheap, works well in speedruns
+}
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.c_fc = FastMatvecLinear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = FastMatvecLinear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.activation = config.activation
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {config.activation!r}")
+        self.activation = ACTIVATIONS[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.c_fc(x)  # (B, T, 4C)
-        if self.activation == "gelu":
-            h = F.gelu(h)
-        elif self.activation == "gelu_tanh":  # the approximation GPT-2 was trained with
-            h = F.gelu(h, approximate="tanh")
-        elif self.activation == "relu":
-            h = F.relu(h)
-        else:  # relu2: sparse and cheap, works well in speedruns
-            h = relu_squared(h)
+        h = self.activation(self.c_fc(x))  # (B, T, 4C)
         return self.dropout(self.c_proj(h))
 
 
@@ -252,14 +233,8 @@ class GPT(nn.Module):
             self.smear_gates = nn.Parameter(torch.zeros(config.smear, config.n_embd))
         self.ngram = None
         if config.ngram:  # the lecture's bigram table, or one row per pair of tokens
-            size = ngram_parameters(config.ngram, vocab_size)
-            if size > MAX_NGRAM_PARAMETERS:
-                raise UserError(
-                    f"model.ngram {config.ngram} needs {size:,} parameters with "
-                    f"{vocab_size:,} tokens: it is for character vocabularies "
-                    "(--model.ngram 0 turns it off)"
-                )
-            self.ngram = nn.Embedding(size // vocab_size, vocab_size)
+            rows = ngram_parameters(config.ngram, vocab_size) // vocab_size
+            self.ngram = nn.Embedding(rows, vocab_size)
         self.lm_head = FastMatvecLinear(config.n_embd, vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens

@@ -30,6 +30,11 @@ from tinygpt.config import ModelConfig
 STEPS = ("head", "multihead", "ffwd", "residual", "layernorm")
 
 
+def reached(step: str, name: str) -> bool:
+    """Whether the lecture at `step` has come as far as the step called `name`."""
+    return STEPS.index(step) >= STEPS.index(name)
+
+
 class Head(nn.Module):
     """One head of self-attention."""
 
@@ -122,20 +127,21 @@ class LectureLanguageModel(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         self.config = config
-        step = STEPS.index(config.lecture_step)
+        step = config.lecture_step
         C = config.n_embd
         # the lecture's names, step by step, so that its code and this one read alike
         self.token_embedding_table = nn.Embedding(vocab_size, C)
         self.position_embedding_table = nn.Embedding(config.block_size, C)
-        self.sa_head = Head(config, head_size=C) if step == 0 else None  # one head, C wide
+        self.sa_head = Head(config, head_size=C) if step == "head" else None  # one, C wide
         self.sa_heads = None
-        if step in (1, 2):
+        if step in ("multihead", "ffwd"):
             self.sa_heads = MultiHeadAttention(config, config.n_head, C // config.n_head, False)
-        self.ffwd = FeedFoward(config, wide=False) if step == 2 else None
+        self.ffwd = FeedFoward(config, wide=False) if step == "ffwd" else None
         self.blocks = None
-        if step >= 3:
-            self.blocks = nn.Sequential(*(Block(config, step == 4) for _ in range(config.n_layer)))
-        self.ln_f = nn.LayerNorm(C) if step == 4 else None
+        if reached(step, "residual"):
+            layernorm = step == "layernorm"
+            self.blocks = nn.Sequential(*(Block(config, layernorm) for _ in range(config.n_layer)))
+        self.ln_f = nn.LayerNorm(C) if step == "layernorm" else None
         self.lm_head = nn.Linear(C, vocab_size)
 
     def body(self) -> list[nn.Module]:
@@ -188,6 +194,6 @@ class LectureLanguageModel(nn.Module):
     def describe(self) -> str:
         c = self.config
         shape = f"{c.n_head} heads x {c.n_embd} wide, context {c.block_size}"
-        if STEPS.index(c.lecture_step) >= 3:
+        if reached(c.lecture_step, "residual"):
             shape = f"{c.n_layer} blocks x {shape}"
         return f"lecture step {c.lecture_step!r}, {shape}"

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from tinygpt.checkpoint import prune_checkpoints, save_checkpoint
-from tinygpt.config import RunConfig
+from tinygpt.config import RunConfig, fit_to_vocabulary
 from tinygpt.cpus import choose_threads
 from tinygpt.data.batches import check_length, random_batch
 from tinygpt.data.corpora import PreparedData, prepare
@@ -39,7 +39,6 @@ from tinygpt.evaluate import (
     split_loss,
 )
 from tinygpt.models import build_model
-from tinygpt.models.gpt import fit_to_vocabulary
 from tinygpt.rundir import RunDir, step_folder
 from tinygpt.runtime import (
     SINGLE_PROCESS,

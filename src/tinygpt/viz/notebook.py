@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinygpt.config import DataConfig, ModelConfig
+from tinygpt.config import DataConfig, ModelConfig, fit_to_vocabulary
 from tinygpt.data.batches import check_length, random_batch
 from tinygpt.data.corpora import PreparedData, prepare
 from tinygpt.errors import UserError
 from tinygpt.models import build_model, print_parameter_table
-from tinygpt.models.gpt import fit_to_vocabulary
 from tinygpt.tokenizers import Tokenizer
 
 EXAMPLE_TEXT = "hii there"  # the lecture's encode/decode example
