@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -152,7 +153,8 @@ def load_train_state(folder: Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {folder} has no training state to resume from")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure means the file is not ours
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        # what a refused, truncated or foreign pickle raises: the file is not ours
         raise UserError(f"refusing to load {path}: {str(exc).splitlines()[0]}") from None
 
 

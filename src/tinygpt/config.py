@@ -253,14 +253,19 @@ class SampleConfig:
     def __post_init__(self) -> None:
         _require(self.max_new_tokens >= 1, "max new tokens must be at least 1")
         _check_choices(self, "sampling ")
-        _require(
-            math.isfinite(self.temperature) and self.temperature >= 0,
-            f"temperature must be 0 (greedy) or positive, got {self.temperature}",
-        )
+        check_temperature(self.temperature)
         _require(self.top_k >= 0, f"top-k must be at least 1 (or 0: off), got {self.top_k}")
         _require(0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}")
         _require(self.num_samples >= 1, "the number of samples must be at least 1")
         _require(self.seed >= 0, "the seed must not be negative")
+
+
+def check_temperature(temperature: float) -> None:
+    """A temperature divides the logits: 0 means greedy, a negative one means nothing."""
+    _require(
+        math.isfinite(temperature) and temperature >= 0,
+        f"temperature must be 0 (greedy) or positive, got {temperature}",
+    )
 
 
 @dataclass

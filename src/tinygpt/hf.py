@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from tinygpt.checkpoint import load_checkpoint, save_checkpoint
@@ -264,7 +265,9 @@ def _loaded(folder: Path, what: str, load: Any, **options: Any) -> Any:
     """transformers' `from_pretrained`, offline; what it cannot read is one line."""
     try:
         return load(folder, local_files_only=True, **options)
-    except Exception as exc:  # transformers raises many kinds (OSError, ValueError, its own)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        # what transformers, torch and safetensors raise for a missing, foreign or broken
+        # file (json's errors are ValueErrors); anything else is a bug and keeps its traceback
         raise UserError(f"cannot read the {what} in {folder}: {first_line(exc)}") from None
 
 

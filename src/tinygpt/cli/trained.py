@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.cli.parsing import converter, fail, value_label
-from tinygpt.config import SampleConfig, field_types
+from tinygpt.config import SampleConfig, check_temperature, field_types
 from tinygpt.errors import UserError, note
 
 
@@ -201,14 +201,13 @@ def note_cut_prompt(block_size: int) -> None:
 
 
 def run_probs(args: argparse.Namespace) -> None:
-    import math
 
     from tinygpt.checkpoint import load_checkpoint
     from tinygpt.files import check_writable
     from tinygpt.viz.probs import next_token, print_rows, save_png
 
-    if any(not math.isfinite(t) or t < 0 for t in args.temperature):
-        fail("a temperature is 0 (greedy) or positive")
+    for temperature in args.temperature:
+        check_temperature(temperature)
     if args.top_k < 1:
         fail("--top-k must be at least 1")
     if args.png is not None:

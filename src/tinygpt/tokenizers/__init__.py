@@ -2,7 +2,7 @@
 
 A kind is a class with the `Tokenizer` interface, registered under a name (`@register("char")`).
 The rest of tinygpt knows only the interface: data preparation trains a tokenizer of the
-configured kind on a corpus (`build_tokenizer`), checkpoints store its `to_dict()`, and
+configured kind on a corpus (`tokenizer_kind(kind).train`), checkpoints store its `to_dict()`, and
 `tokenizer_from_dict` rebuilds it from the `type` saved there. Adding a kind is a module here
 that registers itself; nothing else changes.
 
@@ -153,11 +153,6 @@ def tokenizer_kind(kind: str) -> type[Tokenizer]:
     return KINDS[kind]
 
 
-def build_tokenizer(kind: str, texts: Iterable[str], options: TrainOptions) -> Tokenizer:
-    """A tokenizer of the registered `kind`, built on the pieces of a corpus."""
-    return tokenizer_kind(kind).train(texts, options)
-
-
 def tokenizer_from_dict(values: dict[str, Any]) -> Tokenizer:
     """Rebuild a tokenizer saved with `to_dict`, whatever its kind."""
     kind = values.get("type")
@@ -199,7 +194,6 @@ __all__ = [
     "TextDecoder",
     "Tokenizer",
     "TrainOptions",
-    "build_tokenizer",
     "load_tokenizer",
     "register",
     "save_tokenizer",
