@@ -12,6 +12,7 @@ from tinygpt.errors import UserError
 from tinygpt.generate import (
     Decoder,
     StopScanner,
+    decode_rows,
     encode_prompt,
     filter_logits,
     generate,
@@ -185,9 +186,11 @@ def test_stream_stops_each_sample_on_its_own() -> None:
 
 
 def test_prompts() -> None:
-    assert encode_prompt(TOKENIZER, "", BLOCK) == ([0], False)  # the lecture's start token
-    ids, cut = encode_prompt(TOKENIZER, "abcdefghijklmnopqrstuvwxyz", BLOCK)
-    assert cut and ids == TOKENIZER.encode("klmnopqrstuvwxyz")
+    empty = encode_prompt(TOKENIZER, "", BLOCK)
+    assert (empty.ids, empty.length, empty.was_cut) == ([0], 1, False)  # the start token
+    long = encode_prompt(TOKENIZER, "abcdefghijklmnopqrstuvwxyz", BLOCK)
+    ids, cut = long.ids, long.was_cut
+    assert cut and ids == TOKENIZER.encode("klmnopqrstuvwxyz") and long.length == 26
     with pytest.raises(UserError, match=r"'!' \(U\+0021\) at position 3"):
         encode_prompt(TOKENIZER, "abc!", BLOCK)
 
@@ -207,3 +210,18 @@ def test_prompts() -> None:
 def test_bad_settings_are_clear_errors(values: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
         SampleConfig(**values)
+
+
+def test_decode_rows_cuts_each_row_at_its_stop_and_says_why_it_ended() -> None:
+    rows = ["ab cd ef", "abcdefgh"]  # row 0 meets the stop " c"; row 1 runs out
+    steps = [torch.tensor([TOKENIZER.encode(r)[i] for r in rows]) for i in range(len(rows[0]))]
+    pieces = list(decode_rows(iter(steps), TOKENIZER, stops=[" c"]))
+    text = {row: "".join(p.text for p in pieces if p.row == row) for row in (0, 1)}
+    assert text == {0: "ab", 1: "abcdefgh"}
+    ends = {p.row: (p.finish, p.tokens) for p in pieces if p.finish}
+    assert ends == {0: ("stop", 4), 1: ("length", 8)}  # tokens read, the stop's included
+    for row in (0, 1):  # a row's last piece alone says it ended
+        finishes = [p.finish for p in pieces if p.row == row]
+        assert finishes[-1] and not any(finishes[:-1])
+    with pytest.raises(UserError, match="must not be empty"):
+        decode_rows(iter(steps), TOKENIZER, stops=[""])  # at once, not at the first token

@@ -132,12 +132,25 @@ def seeded_generators(seed: int, count: int, device: torch.device) -> list[torch
     return [torch.Generator(device=device).manual_seed(seed + i) for i in range(count)]
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> tuple[list[int], bool]:
-    """Token ids of a prompt, cut to its last `block_size`; (ids, was_cut). An empty prompt
-    is the start of a document: the end-of-text token where the tokenizer has one, else
-    a newline (token 0 of the lecture's vocabulary)."""
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as the model reads it."""
+
+    ids: list[int]  # what the model conditions on: the prompt's last block_size tokens
+    length: int  # tokens in the whole prompt
+
+    @property
+    def was_cut(self) -> bool:
+        return self.length > len(self.ids)
+
+
+def encode_prompt(tokenizer: Tokenizer, prompt: str, block_size: int) -> Prompt:
+    """A prompt's token ids, cut to its last `block_size`: what `sample`, `serve` and the
+    pictures condition on. An empty prompt is the start of a document: the end-of-text
+    token where the tokenizer has one, else a newline (token 0 of the lecture's
+    vocabulary)."""
     ids = tokenizer.encode(prompt) if prompt else [start_token(tokenizer)]
-    return ids[-block_size:], len(ids) > block_size
+    return Prompt(ids[-block_size:], len(ids))
 
 
 def start_token(tokenizer: Tokenizer) -> int:
@@ -192,28 +205,61 @@ def stream_texts(
     """
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)] * sampling.num_samples, dtype=torch.long, device=device)
-    scanners = [StopScanner(stops) for _ in range(sampling.num_samples)]
-    tokens = generate(model, idx, block_size, sampling)
-    return _decode_stream(tokens, tokenizer, scanners)
+    pieces = decode_rows(generate(model, idx, block_size, sampling), tokenizer, stops)
+    return ((piece.row, piece.text) for piece in pieces if piece.text)
 
 
-def _decode_stream(
-    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, scanners: list[StopScanner]
-) -> Iterator[tuple[int, str]]:
-    """Text pieces of each sample; a character split over tokens waits for its last byte."""
-    decoders = [TextDecoder(tokenizer) for _ in scanners]
+@dataclass(frozen=True)
+class Piece:
+    """What a row of a batch adds to its text at one step."""
+
+    row: int
+    text: str
+    finish: str | None  # "stop" (a stop string came) or "length" (the tokens ran out)
+    tokens: int  # tokens the row has read so far
+
+
+def decode_rows(
+    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stops: Sequence[str] = ()
+) -> Iterator[Piece]:
+    """(B,) token ids a step -> each row's text as it comes, cut at its first stop string:
+    the one path from tokens to text, for `tinygpt sample` and `tinygpt serve` alike.
+
+    A character split over tokens waits for its last byte. A row's last piece says why it
+    ended; a row that ended yields nothing more, and the stream ends when every row has.
+    The stop strings are checked here, before the first token is asked for.
+    """
+    StopScanner(stops)  # a bad stop string fails now, not at the first token
+    return _decoded(tokens, tokenizer, stops)
+
+
+def _decoded(
+    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stops: Sequence[str]
+) -> Iterator[Piece]:
+    decoders: list[TextDecoder] = []
+    scanners: list[StopScanner] = []
+    counts: list[int] = []
     for token in tokens:
-        for i, t in enumerate(token.tolist()):
-            if not scanners[i].stopped and (text := scanners[i].feed(decoders[i].feed(t))):
-                yield i, text
+        ids = token.tolist()
+        if not scanners:  # the batch's size is the first step's
+            decoders = [TextDecoder(tokenizer) for _ in ids]
+            scanners = [StopScanner(stops) for _ in ids]
+            counts = [0] * len(ids)
+        for i, t in enumerate(ids):
+            if scanners[i].stopped:
+                continue
+            counts[i] += 1
+            text = scanners[i].feed(decoders[i].feed(t))
+            if text or scanners[i].stopped:
+                yield Piece(i, text, "stop" if scanners[i].stopped else None, counts[i])
         if all(s.stopped for s in scanners):
             return
     for i, scanner in enumerate(scanners):
         if scanner.stopped:
             continue
         text = scanner.feed(decoders[i].flush())
-        if text := text + ("" if scanner.stopped else scanner.flush()):
-            yield i, text
+        text += "" if scanner.stopped else scanner.flush()
+        yield Piece(i, text, "stop" if scanner.stopped else "length", counts[i])
 
 
 def stream_text(
@@ -226,7 +272,7 @@ def stream_text(
 ) -> Iterator[str]:
     """The text of one sample (sampling.num_samples is taken as 1), piece by piece."""
     single = SampleConfig(**{**vars(sampling), "num_samples": 1})
-    ids, _ = encode_prompt(tokenizer, prompt, block_size)
+    ids = encode_prompt(tokenizer, prompt, block_size).ids
     pieces = stream_texts(model, tokenizer, ids, block_size, single, stops)
     return (text for _, text in pieces)
 
@@ -262,9 +308,9 @@ def sample(
     if sampling.dtype == "bfloat16":
         warn_if_bf16_is_slow(next(model.parameters()).device, "sampling")
     block_size = checkpoint.config.model.block_size
-    ids, was_cut = encode_prompt(checkpoint.tokenizer, prompt, block_size)
-    pieces = stream_texts(model, checkpoint.tokenizer, ids, block_size, sampling, stops)
-    return Samples(prompt, sampling.num_samples, pieces, was_cut)
+    encoded = encode_prompt(checkpoint.tokenizer, prompt, block_size)
+    pieces = stream_texts(model, checkpoint.tokenizer, encoded.ids, block_size, sampling, stops)
+    return Samples(prompt, sampling.num_samples, pieces, encoded.was_cut)
 
 
 def join_samples(texts: Sequence[str]) -> str:

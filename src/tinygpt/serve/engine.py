@@ -5,7 +5,8 @@ a worker thread, so the event loop stays free for other requests and /health. Th
 checks between tokens whether the request was cancelled (the client left) or ran past its
 deadline, so either ends it within one token step; the slot is freed when the worker stops.
 The text is what `tinygpt sample` gives for the same prompt, settings and seed: the same
-generator, the same per-sample seeds (seed + i), the same stop strings and decoding.
+prompt encoding (`encode_prompt`), generator and per-sample seeds (seed + i), and the same
+path from tokens to text with its stop strings (`decode_rows`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,10 +25,9 @@ import torch
 from tinygpt.checkpoint import Checkpoint
 from tinygpt.config import SampleConfig
 from tinygpt.errors import UserError
-from tinygpt.generate import StopScanner, generate, start_token
+from tinygpt.generate import StopScanner, decode_rows, encode_prompt, generate
 from tinygpt.serve.protocol import ApiError, CompletionRequest
 from tinygpt.serve.settings import ServeSettings
-from tinygpt.tokenizers import TextDecoder
 
 log = logging.getLogger("tinygpt.serve")
 
@@ -98,19 +98,18 @@ class Engine:
         prompts, prompt_tokens = [], 0
         for text in request.prompts:
             try:
-                ids = self.tokenizer.encode(text) if text else []
+                prompt = encode_prompt(self.tokenizer, text, self.block_size)
             except UserError as exc:
                 raise ApiError(400, f"prompt: {exc}", param="prompt") from None
-            if len(ids) > self.settings.max_prompt_tokens:
+            if prompt.length > self.settings.max_prompt_tokens:
                 raise ApiError(
                     400,
-                    f"the prompt has {len(ids)} tokens, over this server's cap of "
+                    f"the prompt has {prompt.length} tokens, over this server's cap of "
                     f"{self.settings.max_prompt_tokens}",
                     param="prompt",
                 )
-            # as `tinygpt sample` conditions: the start token if empty, the context's end
-            prompts.append(ids[-self.block_size :] if ids else [start_token(self.tokenizer)])
-            prompt_tokens += max(len(ids), 1)  # an empty prompt is the start token
+            prompts.append(prompt.ids)
+            prompt_tokens += prompt.length  # an empty prompt is the start token
         seed = request.seed if request.seed is not None else secrets.randbits(31)
         sampling = SampleConfig(
             max_new_tokens=request.max_tokens,
@@ -182,28 +181,16 @@ class Engine:
     ) -> None:
         device = next(self.model.parameters()).device
         idx = torch.tensor([ids] * len(rows), dtype=torch.long, device=device)
-        decoders = [TextDecoder(self.tokenizer) for _ in rows]
-        scanners = [StopScanner(plan.stops) for _ in rows]
-        for token in generate(self.model, idx, self.block_size, plan.sampling):
+        tokens = _until_deadline(generate(self.model, idx, self.block_size, plan.sampling), plan)
+        for piece in decode_rows(tokens, self.tokenizer, plan.stops):
             if plan.cancel.is_set():
                 return
-            for row, decoder, scanner, t in zip(
-                rows, decoders, scanners, token.tolist(), strict=True
-            ):
-                if row.finish_reason is None:
-                    row.tokens += 1
-                    self._emit(row, scanner.feed(decoder.feed(t)), on_event)
-                    if scanner.stopped:
-                        row.finish_reason = "stop"
-                        on_event((row.index, "", "stop"))
-            if all(row.finish_reason for row in rows) or time.monotonic() > plan.deadline:
-                break
-        for row, decoder, scanner in zip(rows, decoders, scanners, strict=True):
-            if row.finish_reason is None:
-                text = scanner.feed(decoder.flush())
-                self._emit(row, text if scanner.stopped else text + scanner.flush(), on_event)
-                row.finish_reason = "stop" if scanner.stopped else "length"
-                on_event((row.index, "", row.finish_reason))
+            row = rows[piece.row]
+            row.tokens = piece.tokens
+            self._emit(row, piece.text, on_event)
+            if piece.finish is not None:
+                row.finish_reason = piece.finish
+                on_event((row.index, "", piece.finish))
 
     @staticmethod
     def _emit(row: ChoiceState, text: str, on_event: Callable[[Event], None]) -> None:
@@ -213,3 +200,14 @@ class Engine:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _until_deadline(tokens: Iterator[torch.Tensor], plan: Plan) -> Iterator[torch.Tensor]:
+    """The tokens, ending after the one during which the request's deadline passed (or at
+    once when the client has left): its rows then end as if their tokens ran out."""
+    for token in tokens:
+        if plan.cancel.is_set():
+            return
+        yield token
+        if time.monotonic() > plan.deadline:
+            return

@@ -34,7 +34,8 @@ def next_token(
 ) -> tuple[list[NextToken], bool]:
     """The distribution of the token after `prompt` at each temperature; (rows, was_cut)."""
     model = checkpoint.model.eval()
-    ids, was_cut = encode_prompt(checkpoint.tokenizer, prompt, checkpoint.config.model.block_size)
+    encoded = encode_prompt(checkpoint.tokenizer, prompt, checkpoint.config.model.block_size)
+    ids, was_cut = encoded.ids, encoded.was_cut
     logits, _ = model(torch.tensor([ids]))
     logits = logits[0, -1]  # (V,)
     rows = []
