@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tinygpt import cpus
 from tinygpt.cli import main
 from tinygpt.data import corpora as data
 from tinygpt.errors import UserError
@@ -59,9 +62,13 @@ CORPUS_KEY = pytest.StashKey[Path]()
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets an empty cache and runs in its own working directory."""
+    """Every test gets an empty cache and runs in its own working directory, and its runs
+    one thread count: a run left to choose takes the CPUs free at its start, and two runs
+    compared bit for bit must not differ because the machine was busier for one of them
+    (test_one_writer covers the choice itself)."""
     home = tmp_path / "home"
     monkeypatch.setenv("TINYGPT_HOME", str(home))
+    monkeypatch.setenv(cpus.THREADS_VARIABLE, str(cpus.usable_cpus()))
     monkeypatch.chdir(tmp_path)
     return home
 
@@ -115,6 +122,25 @@ def text_file(tmp_path: Path) -> Callable[[str], Path]:
         return path
 
     return write
+
+
+def tinygpt(*args: object) -> list[str]:
+    """The command line of `tinygpt ARGS...` run as a child process."""
+    return [sys.executable, "-m", "tinygpt", *(str(a) for a in args)]
+
+
+def wait_until(
+    condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 60
+) -> None:
+    """Poll for an observable event (a file, a line) while `process` runs; fail if it ends
+    first or the event does not come within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        assert process.poll() is None, f"the process ended before {what}"
+        time.sleep(0.02)
+    raise AssertionError(f"no {what} within {timeout} s")
 
 
 SHORT = (

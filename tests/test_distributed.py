@@ -37,9 +37,14 @@ sample_tokens = 0
 """
 
 
+def torchrun_env(**env: str) -> dict[str, str]:
+    """The environment less the tests' thread count: torchrun gives each rank one thread."""
+    return {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **env}
+
+
 def run(command: list[str], **env: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        command, capture_output=True, text=True, check=False, env={**os.environ, **env}
+        command, capture_output=True, text=True, check=False, env=torchrun_env(**env)
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result

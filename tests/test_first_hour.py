@@ -26,13 +26,9 @@ from tinygpt.config import RunConfig
 from tinygpt.rundir import RunDir, list_checkpoints
 from tinygpt.training.runs import resume, train
 
-from .conftest import REPO
+from .conftest import REPO, tinygpt
 
 BIGRAM = ("--preset", "bigram", "--train.eval_batches", "2", "--train.sample_tokens", "0")
-
-
-def tinygpt(*args: object) -> list[str]:
-    return [sys.executable, "-m", "tinygpt", *(str(a) for a in args)]
 
 
 def child_env() -> dict[str, str]:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tinygpt.config import ModelConfig, fit_to_vocabulary
-from tinygpt.models import build_model, count_parameters
+from tinygpt.generate import Decoder
+from tinygpt.models import build_model, count_parameters, layers
 from tinygpt.models.gpt import GPT, MLP, KVCache
 from tinygpt.models.layers import (
     FastMatvecLinear,
@@ -231,16 +232,26 @@ def test_linear_one_row_product_matches_the_plain_one(bias: bool) -> None:
     assert layer(x).shape == (1, 1, 1536) and layer(x[0]).shape == (1, 1536)
 
 
-def test_kv_cache_decoding_of_a_wide_model_uses_the_one_row_product() -> None:
+def test_kv_cache_decoding_of_a_wide_model_uses_the_one_row_product(monkeypatch) -> None:
     torch.manual_seed(0)
     model = GPT(dataclasses.replace(SMALL, n_embd=256, n_head=4), VOCAB).eval()
-    assert model.blocks[0].mlp.c_fc.weight.numel() >= FastMatvecLinear.MIN_WEIGHTS
-    idx = torch.randint(VOCAB, (1, 16))
-    full, _ = model(idx)
+    weights = {name: p.clone() for name, p in model.state_dict().items()}
+    full, _ = model(idx := torch.randint(VOCAB, (1, 16)))
+    assert type(model.lm_head) is torch.nn.Linear  # the model itself is plain
+    Decoder(model, 16)  # decoding from the cache swaps the one-row product in
+    fc = model.blocks[0].mlp.c_fc
+    assert isinstance(fc, FastMatvecLinear) and fc.weight.numel() >= FastMatvecLinear.MIN_WEIGHTS
+    assert model.lm_head.weight is model.wte.weight or not model.config.tie_weights
+    assert all(torch.equal(p, weights[name]) for name, p in model.state_dict().items())
+    calls = []
+    monkeypatch.setattr(layers, "two_columns_pay", lambda out, inp: True)  # take it
+    product = layers.two_column_product
+    monkeypatch.setattr(layers, "two_column_product", lambda *a: calls.append(1) or product(*a))
     cache = KVCache.empty(model.config, 1, torch.device("cpu"), torch.float32)
     steps = [model(idx[:, :1], cache=cache)[0]]
     steps += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(1, 16)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    assert calls  # the two-column product ran, and gave the same logits
 
 
 def test_context_longer_than_block_size_is_refused() -> None:

@@ -24,22 +24,10 @@ from tinygpt.models import build_model
 from tinygpt.rundir import RunDir, RunDirBusy, list_checkpoints, writer_of, writing
 from tinygpt.training.runs import resume, train
 
+from .conftest import tinygpt, wait_until
+from .test_distributed import torchrun_env
+
 LONG_BIGRAM = ("--preset", "bigram", "--train.eval_interval", "1000", "--train.sample_tokens", "0")
-
-
-def tinygpt(*args: object) -> list[str]:
-    return [sys.executable, "-m", "tinygpt", *(str(a) for a in args)]
-
-
-def wait_until(condition, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    """Poll for an observable event while `process` runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        assert process.poll() is None, f"the run ended before {what}"
-        time.sleep(0.02)
-    raise AssertionError(f"no {what} within {timeout} s")
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -112,6 +100,7 @@ def test_torchrun_takes_one_lock_on_rank_0(cli, shakespeare, tmp_path: Path) -> 
     run = tmp_path / "run"
     group = subprocess.Popen(
         tinygpt("train", *LONG_BIGRAM, "--steps", "3000", "--out", run, "--nproc", "2"),
+        env=torchrun_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,8 @@ from tinygpt.data.corpora import prepare
 from tinygpt.errors import UserError
 from tinygpt.rundir import RunDir, list_checkpoints, step_folder
 from tinygpt.training.runs import resume, train
+
+from .conftest import tinygpt, wait_until
 
 TINY_TOML = """
 [model]
@@ -57,21 +58,13 @@ def tiny_config(steps: int = 20) -> RunConfig:
     return RunConfig.from_dict(tomllib.loads(TINY_TOML.format(steps=steps, eval_interval=10)))
 
 
-def tinygpt(*args: object) -> list[str]:
-    return [sys.executable, "-m", "tinygpt", *(str(a) for a in args)]
-
-
 def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    metrics = run_dir / "metrics.jsonl"
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "training ended before the signal"
-        if metrics.exists():
-            lines = [json.loads(line) for line in metrics.read_text().splitlines() if line]
-            if lines and lines[-1]["step"] >= step:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} within {timeout} s")
+    def logged() -> bool:
+        metrics = run_dir / "metrics.jsonl"
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        return bool(lines) and json.loads(lines[-1])["step"] >= step
+
+    wait_until(logged, process, f"step {step}", timeout)
 
 
 # --- signals ---------------------------------------------------------------------------

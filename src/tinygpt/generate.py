@@ -29,6 +29,7 @@ from tinygpt.checkpoint import Checkpoint
 from tinygpt.config import ModelConfig, SampleConfig, WindowPolicy
 from tinygpt.errors import UserError
 from tinygpt.models.gpt import KVCache
+from tinygpt.models.layers import with_fast_matvec
 from tinygpt.runtime import warn_if_bf16_is_slow
 from tinygpt.tokenizers import TextDecoder, Tokenizer
 
@@ -43,9 +44,10 @@ class Decoder:
         use_cache: bool = True,
         window: WindowPolicy = SampleConfig.window,
     ) -> None:
-        self.model = model.eval()
-        self.block_size = block_size
         self.use_cache = use_cache and model.supports_kv_cache
+        # one token a step from the cache: a product of one row, faster on some CPUs
+        self.model = (with_fast_matvec(model) if self.use_cache else model).eval()
+        self.block_size = block_size
         # what a full window keeps when a token arrives: all but its oldest, or its last half
         self.keep = block_size if window == "exact" else max(block_size // 2, 1)
         self.cache: KVCache | None = None

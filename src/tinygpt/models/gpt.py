@@ -4,8 +4,7 @@ One GPT class. The lecture's model is the default; modern choices are switches o
 class (`rotary`, `norm="rmsnorm"`, `qk_norm`, `activation="relu2"`, `tie_weights=False`,
 `zero_init`, `embed_skip`, `value_embeds`, `smear`, `ngram`, `logit_softcap`), each a few
 lines below rather than a model of its own. `smear` and `ngram` hand the model the last few
-tokens directly (their embeddings, a table of logits), which a small model trained for a few
-hundred steps would otherwise spend most of its steps learning to look up.
+tokens directly (their embeddings, a table of logits); their arithmetic is lookback.py's.
 
 Shapes: B batch, T time (tokens), C n_embd, nh heads, hs head size (C // nh), V vocabulary.
 """
@@ -25,12 +24,12 @@ from torch import nn
 
 from tinygpt.config import ModelConfig, ngram_parameters
 from tinygpt.models.layers import (
-    FastMatvecLinear,
     apply_rotary,
     make_norm,
     relu_squared,
     rotary_tables,
 )
+from tinygpt.models.lookback import ngram_rows, smeared_embeddings
 
 
 @dataclass
@@ -74,8 +73,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.layer = config.n_head, layer
         self.head_size = config.n_embd // config.n_head
-        self.c_attn = FastMatvecLinear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = FastMatvecLinear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.qk_norm = config.qk_norm
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -158,8 +157,8 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.c_fc = FastMatvecLinear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = FastMatvecLinear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation {config.activation!r}")
         self.activation = ACTIVATIONS[config.activation]
@@ -235,7 +234,7 @@ class GPT(nn.Module):
         if config.ngram:  # the lecture's bigram table, or one row per pair of tokens
             rows = ngram_parameters(config.ngram, vocab_size) // vocab_size
             self.ngram = nn.Embedding(rows, vocab_size)
-        self.lm_head = FastMatvecLinear(config.n_embd, vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.wte.weight  # one matrix reads and writes tokens
         if config.rotary:
@@ -312,39 +311,11 @@ class GPT(nn.Module):
         only then does a cached pass keep the window's token ids."""
         return self.smear_gates is not None or self.config.ngram == 3
 
-    def _with_earlier(
-        self, idx: torch.Tensor, start: int, cache: KVCache | None, back: int
-    ) -> tuple[torch.Tensor, int]:
-        """(B, T) tokens -> (B, known + T) with the `known` (<= back) tokens of the window
-        before them: in a cached pass they come from the cache, else there are none."""
-        if cache is None:
-            return idx, 0
-        known = min(back, start)
-        return cache.tokens[:, start - known : start + idx.size(1)], known
-
     def _embed(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
-        """(B, T) tokens -> (B, T, C) embeddings; with `smear`, each plus the gated embeddings
-        of the `smear` tokens before it in the window (none before the window's first)."""
+        """(B, T) tokens -> (B, T, C) embeddings, smeared with the ones before (lookback.py)."""
         if self.smear_gates is None:
             return self.wte(idx)
-        lags, T = self.smear_gates.size(0), idx.size(1)
-        idx, looked_back = self._with_earlier(idx, start, cache, lags)
-        emb = self.wte(idx)  # (B, looked_back + T, C)
-        x = emb[:, looked_back:]  # (B, T, C)
-        emb = F.pad(emb, (0, 0, lags - looked_back, 0))  # (B, lags + T, C): zeros first
-        for lag, gate in enumerate(self.smear_gates, start=1):
-            x = x + gate * emb[:, lags - lag : lags - lag + T]  # the tokens `lag` back
-        return x
-
-    def _ngram_rows(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
-        """(B, T) tokens -> (B, T) rows of the n-gram table: the token itself (n=2), or the
-        pair of it and the token before it (n=3; a window's first token pairs with 'none')."""
-        if self.config.ngram == 2:
-            return idx
-        vocab_size, T = self.ngram.embedding_dim, idx.size(1)  # type: ignore[union-attr]  # set
-        idx, known = self._with_earlier(idx, start, cache, 1)
-        before = F.pad(idx, (1 - known, 0), value=-1)[:, :T]  # (B, T): -1 for none
-        return (before + 1) * vocab_size + idx[:, known:]
+        return smeared_embeddings(self.wte, self.smear_gates, idx, start, cache)
 
     def forward(
         self,
@@ -372,7 +343,8 @@ class GPT(nn.Module):
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         if self.ngram is not None:  # local statistics, learned directly: (B, T, V)
-            logits = logits + self.ngram(self._ngram_rows(idx, start, cache))
+            rows = ngram_rows(self.config.ngram, self.ngram.embedding_dim, idx, start, cache)
+            logits = logits + self.ngram(rows)
         if self.config.logit_softcap > 0:  # confident but never unboundedly so
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)

@@ -1,5 +1,5 @@
 """The GPT's building blocks that are not its story: norms, rotary positions, and a Linear
-with a faster matrix-vector product on CPUs."""
+with a faster matrix-vector product on CPUs, which the decoder swaps in (with_fast_matvec)."""
 
 from __future__ import annotations
 
@@ -43,6 +43,22 @@ class FastMatvecLinear(nn.Linear):
             and self.in_features % 2 == 0
             and self.weight.is_contiguous()
         )
+
+
+def with_fast_matvec(model: nn.Module) -> nn.Module:
+    """`model`, each of its plain nn.Linear layers now a FastMatvecLinear over the same
+    weights, for decoding one token at a time (generate.py's Decoder asks for it). Names,
+    weights and ties stay as they were; a batch of rows computes exactly as before."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:  # exactly the plain layer: nothing else to keep
+                fast = FastMatvecLinear(
+                    child.in_features, child.out_features, bias=False, device="meta"
+                )
+                fast.weight, fast.bias = child.weight, child.bias  # the same tensors
+                fast.train(child.training)
+                setattr(module, name, fast)
+    return model
 
 
 def two_column_product(
