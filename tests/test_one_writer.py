@@ -41,17 +41,23 @@ def has_checkpoint(run_dir: Path) -> bool:
     return RunDir(run_dir).checkpoints.is_dir() and bool(list_checkpoints(run_dir))
 
 
-def test_a_second_writer_is_refused_while_the_first_keeps_its_record(
-    cli, shakespeare, tmp_path: Path
-) -> None:
-    run = tmp_path / "run"
-    first = subprocess.Popen(
+def start_writing(run: Path) -> subprocess.Popen:
+    """A bigram run of 10,000 steps into `run`, once it has written its first checkpoint."""
+    process = subprocess.Popen(
         tinygpt("train", *LONG_BIGRAM, "--steps", "10000", "--out", run),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+    wait_until(lambda: has_checkpoint(run), process, "a first checkpoint")
+    return process
+
+
+def test_a_second_writer_is_refused_while_the_first_keeps_its_record(
+    cli, shakespeare, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    first = start_writing(run)
     try:
-        wait_until(lambda: has_checkpoint(run), first, "a first checkpoint")
         config_before = RunDir(run).config.read_text()
         for second in (
             ("train", "--resume", run, "--steps", "60000"),
@@ -77,13 +83,8 @@ def test_a_second_writer_is_refused_while_the_first_keeps_its_record(
 
 def test_a_killed_writer_leaves_no_lock_behind(cli, shakespeare, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    first = subprocess.Popen(
-        tinygpt("train", *LONG_BIGRAM, "--steps", "10000", "--out", run),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start_writing(run)
     try:
-        wait_until(lambda: has_checkpoint(run), first, "a first checkpoint")
         assert writer_of(run) is not None and writer_of(run).pid == first.pid  # type: ignore[union-attr]
     finally:
         first.send_signal(signal.SIGKILL)
