@@ -4,16 +4,17 @@ says it can do, its attention weights, and the KV cache's position."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import ModelConfig, RunConfig, SampleConfig
 from tinygpt.generate import Decoder, sample
-from tinygpt.models import build_model
+from tinygpt.models import LanguageModel, build_model
 from tinygpt.models.gpt import GPT, KVCache
 from tinygpt.tokenizers import Tokenizer, TrainOptions, register
 from tinygpt.training.runs import train
@@ -77,6 +78,39 @@ def test_models_say_whether_they_can_decode_from_a_cache() -> None:
     bigram = build_model(ModelConfig(arch="bigram", block_size=8), 10)
     assert gpt.supports_kv_cache and not bigram.supports_kv_cache
     assert Decoder(gpt, 8).use_cache and not Decoder(bigram, 8).use_cache
+
+
+@pytest.mark.parametrize(
+    ("config", "kind"),
+    [
+        (ModelConfig(arch="bigram", block_size=8), "BigramLanguageModel"),
+        (
+            ModelConfig(arch="lecture", lecture_step="layernorm", n_head=2, n_embd=8, block_size=8),
+            "LectureLanguageModel",
+        ),
+        (ModelConfig(n_layer=1, n_head=2, n_embd=8, block_size=8), "GPT"),
+    ],
+)
+def test_every_model_is_a_language_model_whose_flags_match_what_it_can_do(
+    config: ModelConfig, kind: str
+) -> None:
+    """What a flag says a model lacks raises; what it says a model has works."""
+    model = build_model(config, 10)
+    assert isinstance(model, LanguageModel) and type(model).__name__ == kind
+    idx = torch.randint(10, (2, 6))
+    logits, _ = model(idx)
+    assert logits.shape == (2, 6, 10) and model.describe()
+    abilities: dict[str, Callable[[], object]] = {
+        "supports_kv_cache": lambda: model.new_cache(2),
+        "supports_attention_maps": lambda: model.attention_weights(idx),
+        "supports_block_crop": lambda: model.crop_block_size(4),
+    }
+    for flag, use in abilities.items():
+        if getattr(model, flag):
+            use()
+        else:
+            with pytest.raises(NotImplementedError):
+                use()
 
 
 def test_hidden_matrices_are_the_2d_weights_inside_the_blocks() -> None:

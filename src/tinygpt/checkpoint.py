@@ -28,7 +28,7 @@ from torch import nn
 from tinygpt.config import RunConfig
 from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir
-from tinygpt.models import build_model
+from tinygpt.models import LanguageModel, build_model
 from tinygpt.rundir import (
     CHECKPOINT_NAME,
     META_FILE,
@@ -51,7 +51,7 @@ class Checkpoint:
     step: int
     config: RunConfig
     tokenizer: Tokenizer
-    model: nn.Module
+    model: LanguageModel
     metrics: dict[str, Any]
 
 

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from tinygpt.checkpoint import Checkpoint
-from tinygpt.config import ModelConfig, SampleConfig, WindowPolicy
+from tinygpt.config import SampleConfig, WindowPolicy
 from tinygpt.errors import UserError
+from tinygpt.models import LanguageModel
 from tinygpt.models.gpt import KVCache
 from tinygpt.models.layers import with_fast_matvec
 from tinygpt.runtime import warn_if_bf16_is_slow
@@ -39,7 +39,7 @@ class Decoder:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: LanguageModel,
         block_size: int,
         use_cache: bool = True,
         window: WindowPolicy = SampleConfig.window,
@@ -57,9 +57,7 @@ class Decoder:
         """(B, T) prompt -> (B, V) logits of the first new token."""
         self.window = idx[:, -self.block_size :]
         if self.use_cache:
-            param = next(self.model.parameters())
-            config: ModelConfig = self.model.config  # type: ignore[assignment]  # its own
-            self.cache = KVCache.empty(config, idx.size(0), param.device, param.dtype)
+            self.cache = self.model.new_cache(idx.size(0))
         return self._prefill()
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
@@ -111,7 +109,7 @@ def sample_next_token(
 
 @torch.inference_mode()  # lighter than no_grad: no version counters, no views tracked
 def generate(
-    model: nn.Module,
+    model: LanguageModel,
     idx: torch.Tensor,
     block_size: int,
     sampling: SampleConfig,
@@ -194,7 +192,7 @@ class StopScanner:
 
 
 def stream_texts(
-    model: nn.Module,
+    model: LanguageModel,
     tokenizer: Tokenizer,
     ids: Sequence[int],
     block_size: int,
@@ -265,7 +263,7 @@ def _decoded(
 
 
 def stream_text(
-    model: nn.Module,
+    model: LanguageModel,
     tokenizer: Tokenizer,
     prompt: str,
     block_size: int,

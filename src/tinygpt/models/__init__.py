@@ -1,4 +1,4 @@
-"""The language models; every one has `forward(idx, targets=None) -> (logits, loss)`."""
+"""The language models: each a LanguageModel (base.py), made by `build_model` from a config."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from typing import TextIO
 from torch import nn
 
 from tinygpt.config import ModelConfig
+from tinygpt.models.base import LanguageModel
 from tinygpt.models.bigram import BigramLanguageModel
 from tinygpt.models.gpt import GPT
 from tinygpt.models.lecture import LectureLanguageModel
 
+__all__ = ["LanguageModel", "build_model", "count_parameters", "print_parameter_table"]
 
-def build_model(config: ModelConfig, vocab_size: int) -> nn.Module:
+
+def build_model(config: ModelConfig, vocab_size: int) -> LanguageModel:
     """A freshly initialised model for a config; the vocabulary size comes from the tokenizer."""
     if config.arch == "bigram":
         return BigramLanguageModel(vocab_size)

@@ -6,13 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinygpt.models.base import LanguageModel
 
-class BigramLanguageModel(nn.Module):
+
+class BigramLanguageModel(LanguageModel):
     """An (vocab x vocab) table: row i holds the logits of the token that follows token i."""
 
-    supports_kv_cache = False  # it reads one token: there is nothing to cache
-    supports_attention_maps = False  # no attention: each token sees only itself
-    supports_block_crop = False  # a fine-tune keeps its block_size
+    # no KV cache (it reads one token), no attention maps, and a fine-tune keeps its
+    # block_size: LanguageModel's flags as they are
 
     def __init__(self, vocab_size: int) -> None:
         super().__init__()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig, ngram_parameters
+from tinygpt.models.base import LanguageModel
 from tinygpt.models.layers import (
     apply_rotary,
     make_norm,
@@ -205,7 +206,7 @@ def _switch_name(name: str, value: object) -> str:
     return str(value) if isinstance(value, str) else f"{name} {value}"
 
 
-class GPT(nn.Module):
+class GPT(LanguageModel):
     """The module names are GPT-2's (wte, wpe, ln_f, lm_head; c_attn, c_proj, c_fc), so its
     weights map onto GPT-2 checkpoints by name, with `blocks` for GPT-2's `h`."""
 
@@ -264,6 +265,10 @@ class GPT(nn.Module):
         else:
             self.rotary_cos = self.rotary_cos[:block_size]
             self.rotary_sin = self.rotary_sin[:block_size]
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        param = self.wte.weight
+        return KVCache.empty(self.config, batch_size, param.device, param.dtype)
 
     def hidden_matrices(self) -> list[nn.Parameter]:
         """The 2-D weights inside the blocks, which Muon trains (not embeddings, not the head)."""

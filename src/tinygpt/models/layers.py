@@ -6,12 +6,15 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class FastMatvecLinear(nn.Linear):
@@ -45,7 +48,7 @@ class FastMatvecLinear(nn.Linear):
         )
 
 
-def with_fast_matvec(model: nn.Module) -> nn.Module:
+def with_fast_matvec(model: ModuleT) -> ModuleT:
     """`model`, each of its plain nn.Linear layers now a FastMatvecLinear over the same
     weights, for decoding one token at a time (generate.py's Decoder asks for it). Names,
     weights and ties stay as they were; a batch of rows computes exactly as before."""

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinygpt.config import ModelConfig
+from tinygpt.models.base import LanguageModel
 
 STEPS = ("head", "multihead", "ffwd", "residual", "layernorm")
 
@@ -117,7 +118,7 @@ class Block(nn.Module):
         return x
 
 
-class LectureLanguageModel(nn.Module):
+class LectureLanguageModel(LanguageModel):
     """The lecture's language model at step `config.lecture_step` (see the module's story)."""
 
     supports_kv_cache = False  # the lecture recomputes the whole window for every token

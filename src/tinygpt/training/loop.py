@@ -38,7 +38,7 @@ from tinygpt.evaluate import (
     sampled_split_loss,
     split_loss,
 )
-from tinygpt.models import build_model
+from tinygpt.models import LanguageModel, build_model
 from tinygpt.rundir import RunDir, step_folder
 from tinygpt.runtime import (
     SINGLE_PROCESS,
@@ -69,7 +69,7 @@ class Session:
 
     config: RunConfig
     data: PreparedData
-    model: nn.Module  # the module whose weights are saved
+    model: LanguageModel  # the module whose weights are saved
     forward: Callable[..., Any]  # the model, or its compiled version
     optimizer: torch.optim.Optimizer | OptimizerPair
     schedule: LrSchedule  # sets the optimizer's learning rates for each step

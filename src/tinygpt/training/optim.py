@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from tinygpt.config import OptimConfig
+from tinygpt.models import LanguageModel
 from tinygpt.runtime import reduced_precision
 
 
@@ -130,14 +131,14 @@ class OptimizerPair:
 
 
 def make_optimizer(
-    model: nn.Module, config: OptimConfig, device: torch.device
+    model: LanguageModel, config: OptimConfig, device: torch.device
 ) -> torch.optim.Optimizer | OptimizerPair:
     """The configured optimizer: AdamW at `lr`, or Muon at `muon_lr` for the matrices inside
     the blocks (the model lists them: `hidden_matrices()`) and AdamW for the rest."""
     fused = device.type in ("cuda", "cpu")  # one kernel for all parameters (4x on a CPU)
     params = list(model.parameters())
     if config.optimizer == "muon":
-        muon_params = {id(p) for p in model.hidden_matrices()}  # type: ignore[operator]  # a model's own method: nn.Module's type knows only tensors and modules
+        muon_params = {id(p) for p in model.hidden_matrices()}
         params = [p for p in params if id(p) not in muon_params]
     groups = parameter_groups(params, config.weight_decay)
     adamw = torch.optim.AdamW(
@@ -146,7 +147,7 @@ def make_optimizer(
     if config.optimizer == "adamw":
         return adamw
     muon = BatchedMuon(
-        model.hidden_matrices(),  # type: ignore[operator]  # a model's own method: nn.Module's type knows only tensors and modules
+        model.hidden_matrices(),
         lr=config.muon_lr,
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,

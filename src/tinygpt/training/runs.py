@@ -121,7 +121,7 @@ def starting_point(config: RunConfig) -> tuple[Tokenizer | None, dict[str, torch
     if config.model.block_size < source.config.model.block_size:
         if not model.supports_block_crop:
             raise UserError(f"a {source.config.model.arch} model keeps its block_size")
-        model.crop_block_size(config.model.block_size)  # type: ignore[operator]  # a model's own method: nn.Module's type knows only tensors and modules
+        model.crop_block_size(config.model.block_size)
     return source.tokenizer, model.state_dict()
 
 
@@ -251,7 +251,7 @@ def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
             f"steps of {tokens:,} tokens, as many as fit in {cfg.train.time_limit:g} s "
             f"(at most {cfg.train.steps:,})"
         )
-    describe = session.model.describe()  # type: ignore[operator]  # the model's own method
+    describe = session.model.describe()
     lines = {
         "model": f"{describe}; {n_params:,} parameters ({n_params / 1e6:.6f}M)",
         "parameters": parameter_summary(session.model),

@@ -36,7 +36,7 @@ def attention_maps(checkpoint: Checkpoint, prompt: str) -> AttentionMaps:
         raise UserError("give a prompt: the attention of its tokens is what is shown")
     encoded = encode_prompt(checkpoint.tokenizer, prompt, checkpoint.config.model.block_size)
     ids, was_cut = encoded.ids, encoded.was_cut
-    weights = model.attention_weights(torch.tensor([ids]))[:, 0]  # type: ignore[operator]  # (layers, heads, T, T); the model's own method
+    weights = model.attention_weights(torch.tensor([ids]))[:, 0]  # (layers, heads, T, T)
     tokens = [checkpoint.tokenizer.token_text(i) for i in ids]
     labels = ["".join(VISIBLE.get(ch, ch) for ch in token) for token in tokens]
     return AttentionMaps(labels, weights.float(), was_cut)
