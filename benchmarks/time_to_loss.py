@@ -49,7 +49,7 @@ from tinygpt.config import RunConfig, merge, parse_overrides, preset_names, reso
 from tinygpt.data import corpora as data
 from tinygpt.evaluate import split_loss
 from tinygpt.runtime import cpu_description
-from tinygpt.training.loop import setup, train_step
+from tinygpt.training.loop import advance, setup
 
 
 def run_config(spec: str, seed: int) -> RunConfig:
@@ -68,7 +68,7 @@ def one_run(
     block, device = config.model.block_size, session.device
     while session.step < session.planned_steps:
         start = time.perf_counter()
-        train_step(session)
+        advance(session)
         took = time.perf_counter() - start
         if session.step <= untimed_steps:
             print(f"  {preset} seed {seed}: untimed step {session.step}, {took:.1f} s", flush=True)

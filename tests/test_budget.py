@@ -14,7 +14,7 @@ import torch
 from tests.test_train import TINY, assert_same_weights, metrics
 from tinygpt.config import OptimConfig, RunConfig
 from tinygpt.training.budget import TimeBudget
-from tinygpt.training.loop import setup
+from tinygpt.training.loop import advance, setup, train_step
 from tinygpt.training.optim import LrSchedule
 from tinygpt.training.runs import resume, train
 
@@ -120,3 +120,19 @@ def test_a_machine_that_slows_down_shortens_the_run_and_the_rate_still_lands(
 def test_without_a_limit_the_length_is_the_configs(shakespeare) -> None:
     session = setup(time_limited(time_limit=0.0))
     assert session.budget is None and session.planned_steps == 400
+
+
+def test_a_step_alone_plans_nothing_the_run_s_advance_plans(
+    shakespeare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train_step is one optimizer step; the time limit's planning is advance's."""
+    engine_clock(monkeypatch, lambda step: 5)
+    config = time_limited(time_limit=0.1)  # 0.098 s at 5 ms a step: 19 steps
+    stepped, advanced = setup(config), setup(config)
+    for _ in range(40):
+        train_step(stepped)
+    assert stepped.planned_steps == 400 and stepped.budget is not None
+    while advanced.step < advanced.planned_steps:
+        advance(advanced)
+    assert advanced.step == 19 and advanced.budget is None
+    assert advanced.config.train.steps == 19

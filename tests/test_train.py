@@ -14,7 +14,7 @@ from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import RunConfig, resolve
 from tinygpt.errors import UserError
 from tinygpt.rundir import list_checkpoints
-from tinygpt.training.loop import setup, train_step
+from tinygpt.training.loop import setup, train_step, training_session
 from tinygpt.training.runs import resume, train
 
 TINY = {
@@ -72,8 +72,8 @@ def test_gradient_accumulation_matches_one_big_batch(shakespeare) -> None:
     for session in (big, small):
         session.model.eval()  # no dropout: compare the arithmetic alone
         session.forward = session.model
-    loss_big, norm_big = train_step(big)
-    loss_small, norm_small = train_step(small)
+    loss_big, norm_big, _ = train_step(big)
+    loss_small, norm_small, _ = train_step(small)
     assert loss_big == pytest.approx(loss_small, rel=1e-5)
     assert norm_big == pytest.approx(norm_small, rel=1e-4)
     for a, b in zip(big.model.parameters(), small.model.parameters(), strict=True):
@@ -118,6 +118,18 @@ def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, prese
     train(config, tmp_path / "split", out=io.StringIO(), until=4)
     resume(tmp_path / "split", out=io.StringIO())
     assert_same_weights(tmp_path / "whole", tmp_path / "split")
+
+
+def test_a_training_session_gives_the_process_its_threads_back_however_it_ends(
+    shakespeare,
+) -> None:
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    config = RunConfig.from_dict({**TINY, "train": {**TINY["train"], "threads": other}})
+    with pytest.raises(RuntimeError, match="a failure inside"), training_session(config) as run:
+        assert torch.get_num_threads() == other == run.config.train.threads
+        raise RuntimeError("a failure inside")
+    assert torch.get_num_threads() == before
 
 
 def test_compile_without_a_compiler_is_one_line(

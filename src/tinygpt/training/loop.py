@@ -1,10 +1,11 @@
 """The training loop: setup -> fit (steps, evaluation, checkpoints, metrics, signals).
 
-A `Session` is a run's live state; `train_step` advances it by one optimizer step and `fit`
-is the loop around it. What a checkpoint must hold for exact resumption is `train_state`;
-starting, resuming and finishing a run in its directory is `runs.py`'s work. What a run
-switches on for the whole process (torch's thread count; deterministic algorithms for a
-compiled CPU run) is noted in `setup` and given back when the run ends (`runs.run`).
+A `Session` is a run's live state; `train_step` advances it by one optimizer step, `advance`
+adds a time limit's planning (budget.py), and `fit` is the loop around it. What a checkpoint
+must hold for exact resumption is `train_state`; starting, resuming and finishing a run in
+its directory is `runs.py`'s work. What a run switches on for the whole process (torch's
+thread count; deterministic algorithms for a compiled CPU run) is set by `setup`;
+`training_session` gives it back when the caller is done with the session, however that ends.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import dataclasses
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import torch
 from torch import nn
@@ -82,12 +83,26 @@ class Session:
     elapsed_s: float = 0.0  # wall time of the run before this process (resumed runs)
     training_s: float = 0.0  # time in training steps, over all of the run's processes
     budget: TimeBudget | None = None  # plans the length of a time-limited run until its end
-    process_before: ProcessSettings | None = None  # given back when the run ends (runs.run)
 
     @property
     def planned_steps(self) -> int:
         """The run's length: train.steps, or what a time limit plans so far."""
         return self.schedule.total_steps
+
+
+@contextlib.contextmanager
+def training_session(
+    config: RunConfig,
+    tokenizer: Tokenizer | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Iterator[Session]:
+    """`setup`'s session, for the `with` block; at its end, however it ends, the process
+    gets back the thread count and deterministic mode it had before."""
+    before = ProcessSettings.current()
+    try:
+        yield setup(config, tokenizer, weights)
+    finally:
+        before.restore()
 
 
 def setup(
@@ -96,8 +111,8 @@ def setup(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Session:
     """Prepare the data and build the model and optimizer for a config, and give torch the
-    run's thread count (train.threads); the process's settings before are kept in the
-    session, for `runs.run` to give back.
+    run's thread count (train.threads) and, for a compiled CPU run, deterministic
+    algorithms; `training_session` gives the process's own back.
 
     A run that goes on from trained weights (a resumed or a fine-tuned one) gives their
     tokenizer, which encodes the corpus instead of a new one, and a fine-tune its starting
@@ -111,7 +126,6 @@ def setup(
     group = distributed_from_env()
     device = init_distributed(group, resolve_device(config.train.device))
     config = _with_threads(config, group)
-    process_before = ProcessSettings.current()
     torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
     fitted = fit_to_vocabulary(config.model, data.tokenizer.vocab_size)
@@ -145,7 +159,6 @@ def setup(
         dtype=autocast_dtype(config.train.dtype, device),
         generator=torch.Generator().manual_seed(config.train.seed),
         group=group,
-        process_before=process_before,
     )
     if config.train.time_limit > 0:
         session.budget = TimeBudget(config.train.time_limit, config.train.steps)
@@ -254,8 +267,14 @@ def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, fl
     }
 
 
-def train_step(session: Session) -> tuple[float, float]:
-    """One optimizer step over `grad_accum_steps` micro-batches: (mean loss, grad norm).
+class StepResult(NamedTuple):
+    loss: float  # the mean over the step's micro-batches
+    grad_norm: float  # before clipping
+    seconds: float  # the step's wall time
+
+
+def train_step(session: Session) -> StepResult:
+    """One optimizer step over `grad_accum_steps` micro-batches.
 
     A non-finite loss or gradient norm raises TrainingDiverged before the update.
     """
@@ -290,12 +309,19 @@ def train_step(session: Session) -> tuple[float, float]:
     session.step += 1
     took = time.perf_counter() - start
     session.training_s += took
+    return StepResult(mean_loss, grad_norm, took)
+
+
+def advance(session: Session) -> StepResult:
+    """One step of the run as `fit` takes it: `train_step`, then, in a time-limited run,
+    the plan of its length from the step's time."""
+    result = train_step(session)
     if session.budget is not None:
-        _plan_length(session, took)
-    return mean_loss, grad_norm
+        plan_length(session, result.seconds)
+    return result
 
 
-def _plan_length(session: Session, step_s: float) -> None:
+def plan_length(session: Session, step_s: float) -> None:
     """Plan the run's length from the time limit and the recent speed (budget.py); at its
     end, the length becomes the config's train.steps."""
     budget = session.budget
@@ -382,7 +408,7 @@ def fit(session: Session, run_dir: Path, out: TextIO, until: int | None = None) 
                 last = evaluate_and_save()
             while session.step < session.planned_steps and (until is None or session.step < until):
                 planning = session.budget is not None
-                loss, grad_norm = train_step(session)
+                loss, grad_norm, _ = advance(session)
                 if session.step == fault_step:
                     crash(session.group, session.step)
                 meter.steps += 1

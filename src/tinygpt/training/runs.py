@@ -43,7 +43,7 @@ from tinygpt.rundir import (
 )
 from tinygpt.runtime import barrier, distributed_from_env, restart_count
 from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
-from tinygpt.training.loop import Session, fit, restore_train_state, setup
+from tinygpt.training.loop import Session, fit, restore_train_state, training_session
 from tinygpt.training.metrics import drop_metrics_after
 from tinygpt.training.signals import stop_if_requested, stop_request
 from tinygpt.viz.plot import plot_losses
@@ -62,14 +62,14 @@ def train(
     """
     with writer_lock(run_dir):
         check_run_dir(run_dir, overwrite)
-        session = setup(config, *starting_point(config))
-        stop_if_requested()  # a Ctrl-C while torch loaded or the data was prepared: write nothing
-        barrier(session.group)  # every rank has looked before rank 0 fills the directory
-        if session.group.is_main:
-            RunDir(run_dir).clear()  # an earlier run, with --overwrite
-            RunDir(run_dir).write_config(session.config)
-        barrier(session.group)
-        return run(session, run_dir, out, until)
+        with training_session(config, *starting_point(config)) as session:
+            stop_if_requested()  # a Ctrl-C while torch loaded or the data was ready: write nothing
+            barrier(session.group)  # every rank has looked before rank 0 fills the directory
+            if session.group.is_main:
+                RunDir(run_dir).clear()  # an earlier run, with --overwrite
+                RunDir(run_dir).write_config(session.config)
+            barrier(session.group)
+            return run(session, run_dir, out, until)
 
 
 def writer_lock(run_dir: Path) -> contextlib.AbstractContextManager:
@@ -85,26 +85,30 @@ def restart(
 ) -> dict[str, float]:
     """Start a run that has no complete checkpoint again from step 0, in its own directory,
     keeping what it logged so far apart (RunDir.earlier_metrics)."""
-    session = setup(config, *starting_point(config))
-    stop_if_requested()
-    barrier(session.group)
-    if session.group.is_main:
-        paths = RunDir(run_dir)
-        kept = f" (its earlier metrics are kept in {paths.earlier_metrics.name})"
-        had_metrics = paths.metrics.exists()
-        print(
-            f"{run_dir} has no complete checkpoint to resume from; starting it again from "
-            f"step 0{kept if had_metrics else ''}",
-            file=out or sys.stdout,
-        )
-        if had_metrics:
-            with paths.earlier_metrics.open("a", encoding="utf-8") as earlier:
-                earlier.write(paths.metrics.read_text(encoding="utf-8"))
-            paths.metrics.unlink()
-        shutil.rmtree(paths.checkpoints, ignore_errors=True)  # leftovers of a failed save
-        paths.write_config(config)
-    barrier(session.group)
-    return run(session, run_dir, out, until)
+    with training_session(config, *starting_point(config)) as session:
+        stop_if_requested()
+        barrier(session.group)
+        if session.group.is_main:
+            _set_aside_earlier_start(run_dir, config, out or sys.stdout)
+        barrier(session.group)
+        return run(session, run_dir, out, until)
+
+
+def _set_aside_earlier_start(run_dir: Path, config: RunConfig, out: TextIO) -> None:
+    paths = RunDir(run_dir)
+    kept = f" (its earlier metrics are kept in {paths.earlier_metrics.name})"
+    had_metrics = paths.metrics.exists()
+    print(
+        f"{run_dir} has no complete checkpoint to resume from; starting it again from "
+        f"step 0{kept if had_metrics else ''}",
+        file=out,
+    )
+    if had_metrics:
+        with paths.earlier_metrics.open("a", encoding="utf-8") as earlier:
+            earlier.write(paths.metrics.read_text(encoding="utf-8"))
+        paths.metrics.unlink()
+    shutil.rmtree(paths.checkpoints, ignore_errors=True)  # leftovers of a failed save
+    paths.write_config(config)
 
 
 FINE_TUNE_MAY_CHANGE = ("dropout", "block_size")  # block_size: only shorter (crop_block_size)
@@ -189,17 +193,17 @@ def _resume(
             f"{run_dir} already finished {meta['step']} steps; --steps is the total, so pass "
             f"more than {meta['step']} to train further"
         )
-    session = setup(config, tokenizer_from_dict(meta["tokenizer"]))
-    stop_if_requested()
-    safetensors.torch.load_model(session.model, str(folder / WEIGHTS_FILE))
-    restore_train_state(session, load_train_state(folder))
-    barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
-    if session.group.is_main:
-        clean_checkpoints(run_dir)
-        drop_metrics_after(RunDir(run_dir).metrics, session.step)
-        RunDir(run_dir).write_config(config)
-        print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
-    return run(session, run_dir, out, until)
+    with training_session(config, tokenizer_from_dict(meta["tokenizer"])) as session:
+        stop_if_requested()
+        safetensors.torch.load_model(session.model, str(folder / WEIGHTS_FILE))
+        restore_train_state(session, load_train_state(folder))
+        barrier(session.group)  # every rank has read the checkpoint before rank 0 tidies up
+        if session.group.is_main:
+            clean_checkpoints(run_dir)
+            drop_metrics_after(RunDir(run_dir).metrics, session.step)
+            RunDir(run_dir).write_config(config)
+            print(f"resuming {run_dir} from step {session.step}", file=out or sys.stdout)
+        return run(session, run_dir, out, until)
 
 
 def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
@@ -211,18 +215,7 @@ def _config_with_steps(config: RunConfig, steps: int | None) -> RunConfig:
 
 
 def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) -> dict[str, float]:
-    """Report, fit, plot the losses and print a sample (rank 0 alone reports); then give
-    the process back the settings it had before `setup`."""
-    try:
-        return _run(session, run_dir, out, until)
-    finally:
-        if session.process_before is not None:
-            session.process_before.restore()
-
-
-def _run(
-    session: Session, run_dir: Path, out: TextIO | None, until: int | None
-) -> dict[str, float]:
+    """Report, fit, plot the losses and print a sample (rank 0 alone reports)."""
     if not session.group.is_main:
         return fit(session, run_dir, io.StringIO(), until)
     out = out or sys.stdout
