@@ -8,6 +8,7 @@ that cache, checksum verified. Without any of them the run stops at once with on
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -17,11 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 
 from tinygpt import cpus
 from tinygpt.cli import main
+from tinygpt.config import RunConfig
 from tinygpt.data import corpora as data
 from tinygpt.errors import UserError
+from tinygpt.rundir import RunDir, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # tests import the benchmarks' own helpers
@@ -129,6 +134,11 @@ def tinygpt(*args: object) -> list[str]:
     return [sys.executable, "-m", "tinygpt", *(str(a) for a in args)]
 
 
+def torchrun_env(**env: str) -> dict[str, str]:
+    """The environment less the tests' thread count: torchrun gives each rank one thread."""
+    return {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **env}
+
+
 def wait_until(
     condition: Callable[[], bool], process: subprocess.Popen, what: str, timeout: float = 60
 ) -> None:
@@ -141,6 +151,79 @@ def wait_until(
         assert process.poll() is None, f"the process ended before {what}"
         time.sleep(0.02)
     raise AssertionError(f"no {what} within {timeout} s")
+
+
+# --- one tiny GPT for the tests that train: a few seconds of CPU ------------------------
+
+TINY: dict[str, dict[str, object]] = {
+    "model": {"arch": "gpt", "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
+              "dropout": 0.1},  # dropout on: an exact resume must restore the RNG too
+    "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine", "min_lr": 3e-4},
+    "train": {"steps": 40, "batch_size": 4, "eval_interval": 10, "eval_batches": 2,
+              "log_interval": 5, "sample_tokens": 0},
+}  # fmt: skip
+
+
+def tiny_values(
+    model: dict | None = None, optim: dict | None = None, data: dict | None = None, **train: object
+) -> dict[str, dict[str, object]]:
+    """TINY with some of its values changed, section by section (`train` as keywords)."""
+    values = {
+        "model": {**TINY["model"], **(model or {})},
+        "optim": {**TINY["optim"], **(optim or {})},
+        "train": {**TINY["train"], **train},
+    }
+    if data:
+        values["data"] = data
+    return values
+
+
+def tiny_config(
+    model: dict | None = None, optim: dict | None = None, data: dict | None = None, **train: object
+) -> RunConfig:
+    return RunConfig.from_dict(tiny_values(model, optim, data, **train))
+
+
+def tiny_config_file(
+    path: Path, model: dict | None = None, optim: dict | None = None, **train: object
+) -> Path:
+    """The tiny config as a TOML file for `tinygpt train --config`."""
+    lines = []
+    for section, values in tiny_values(model, optim, **train).items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def newest_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    (newest,) = list_checkpoints(run_dir)[-1:]
+    return safetensors.torch.load_file(newest / "model.safetensors")
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The newest checkpoints of two runs hold the same tensors, bit for bit."""
+    a, b = newest_weights(run_a), newest_weights(run_b)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl."""
+    return [json.loads(line) for line in RunDir(run_dir).metrics.open(encoding="utf-8")]
+
+
+def wait_for_cpu_seconds(process: subprocess.Popen, seconds: float) -> None:
+    """Wait until `process` has worked `seconds` more of CPU time (/proc/PID/stat): it is
+    into what it was doing, however busy the machine."""
+
+    def used() -> float:
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # user + system
+
+    start = used()
+    wait_until(lambda: used() >= start + seconds, process, f"{seconds} s of CPU time")
 
 
 SHORT = (

@@ -1,5 +1,6 @@
-"""Run by test_distributed.py, with or without torchrun: a few training steps of a tiny GPT,
-then this rank's losses and weights written to OUT_DIR (rank-R.json, rank-R.safetensors)."""
+"""Run by test_distributed.py, with or without torchrun: `ddp_worker.py OUT_DIR CONFIG_JSON`
+trains the config's steps and writes this rank's losses and weights to OUT_DIR (rank-R.json,
+rank-R.safetensors)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,10 @@ from tinygpt.training.loop import setup, train_step
 
 
 def main() -> None:
-    out_dir, batch_size, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    config = RunConfig.from_dict({
-        "model": {"arch": "gpt", "block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32},
-        "optim": {"warmup_steps": 5},
-        "train": {"steps": steps, "batch_size": batch_size, "grad_accum_steps": 2},
-    })  # fmt: skip
+    out_dir, config_file = Path(sys.argv[1]), Path(sys.argv[2])
+    config = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
     session = setup(config)
-    losses = [train_step(session)[0] for _ in range(steps)]
+    losses = [train_step(session).loss for _ in range(config.train.steps)]
     rank = session.group.rank
     (out_dir / f"rank-{rank}.json").write_text(json.dumps(losses))
     safetensors.torch.save_model(session.model, str(out_dir / f"rank-{rank}.safetensors"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,16 +38,32 @@ def test_nanogpt_curve_clocks_training_steps_only() -> None:
     assert time_to(curve, 1.0) == float("inf")
 
 
-@pytest.mark.parametrize(
-    "script",
-    sorted(p.name for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")),
-)
-def test_every_benchmark_script_parses_its_options(script: str) -> None:
-    """A script that no longer matches the library's signatures fails before its first
-    figure: each answers --help."""
-    import subprocess
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+HELP_OF_EACH = """
+import contextlib, io, json, runpy, sys
+answers = {}
+for path in sys.argv[1:]:
+    sys.argv, out = [path, "--help"], io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(path, run_name="__main__")
+        answers[path] = "no exit"
+    except SystemExit as exc:
+        answers[path] = exc.code if "usage:" in out.getvalue() else "no usage"
+print(json.dumps(answers))
+"""
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / script
-    done = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True)
+
+def test_every_benchmark_script_parses_its_options() -> None:
+    """A script that no longer matches the library's signatures fails before its first
+    figure: each answers --help (all in one process, which imports torch once)."""
+    scripts = sorted(str(p) for p in BENCHMARKS.glob("*.py"))
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_OF_EACH, *scripts],
+        capture_output=True, text=True, cwd=BENCHMARKS,
+        env={**os.environ, "PYTHONPATH": str(BENCHMARKS)},
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "usage:" in done.stdout
+    answers = json.loads(done.stdout.splitlines()[-1])
+    assert len(answers) == len(scripts) > 5
+    assert {Path(path).name: code for path, code in answers.items() if code != 0} == {}

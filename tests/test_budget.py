@@ -11,12 +11,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.test_train import TINY, assert_same_weights, metrics
 from tinygpt.config import OptimConfig, RunConfig
 from tinygpt.training.budget import TimeBudget
 from tinygpt.training.loop import advance, setup, train_step
 from tinygpt.training.optim import LrSchedule
 from tinygpt.training.runs import resume, train
+
+from .conftest import assert_same_weights, metrics, tiny_values
 
 WSD = OptimConfig(lr=1e-2, min_lr=1e-4, schedule="wsd", warmup_steps=5, decay_fraction=0.5)
 
@@ -58,12 +59,10 @@ def test_a_new_length_in_the_decay_goes_on_from_the_rate_it_had() -> None:
 
 
 def time_limited(**train: object) -> RunConfig:
-    values = {
-        **TINY,
-        "optim": {"lr": 3e-3, "schedule": "wsd", "warmup_steps": 5, "decay_fraction": 0.5},
-        "train": {**TINY["train"], "steps": 400, "time_limit": 0.5, "eval_interval": 30, **train},
-    }
-    return RunConfig.from_dict(values)
+    wsd = {"schedule": "wsd", "decay_fraction": 0.5}
+    return RunConfig.from_dict(
+        tiny_values(optim=wsd, **{"steps": 400, "time_limit": 0.5, "eval_interval": 30, **train})
+    )
 
 
 def engine_clock(monkeypatch: pytest.MonkeyPatch, step_ms: object) -> None:

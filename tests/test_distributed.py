@@ -4,7 +4,6 @@ weights on every rank, restarts that resume, and the --nproc launcher."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,31 +14,13 @@ import torch
 
 from tinygpt.rundir import list_checkpoints
 
+from .conftest import tiny_config_file, tiny_values, torchrun_env
+
 HERE = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-TINY = """
-[model]
-arch = "gpt"
-block_size = 32
-n_layer = 2
-n_head = 2
-n_embd = 32
-[optim]
-warmup_steps = 5
-[train]
-steps = 30
-batch_size = 8
-grad_accum_steps = 2
-eval_interval = 10
-eval_batches = 2
-log_interval = 1
-sample_tokens = 0
-"""
-
-
-def torchrun_env(**env: str) -> dict[str, str]:
-    """The environment less the tests' thread count: torchrun gives each rank one thread."""
-    return {**{k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}, **env}
+# no dropout: the ranks draw different masks, and one process must match two
+DDP_MODEL = {"block_size": 32, "dropout": 0.0}
+DDP_TRAIN = {"steps": 30, "batch_size": 8, "grad_accum_steps": 2, "log_interval": 1}
 
 
 def run(command: list[str], **env: str) -> subprocess.CompletedProcess:
@@ -59,8 +40,11 @@ def test_two_processes_follow_one_and_keep_identical_weights(shakespeare, tmp_pa
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
     worker = str(HERE / "ddp_worker.py")
-    run([sys.executable, worker, str(one), "8", "12"])
-    run([*TORCHRUN, "--nproc-per-node=2", worker, str(two), "4", "12"])
+    for batch_size, folder in ((8, one), (4, two)):  # two ranks of 4: one global batch of 8
+        values = tiny_values(DDP_MODEL, **{**DDP_TRAIN, "steps": 12, "batch_size": batch_size})
+        (folder / "config.json").write_text(json.dumps(values))
+    run([sys.executable, worker, str(one), str(one / "config.json")])
+    run([*TORCHRUN, "--nproc-per-node=2", worker, str(two), str(two / "config.json")])
     single = json.loads((one / "rank-0.json").read_text())
     ranks = [json.loads((two / f"rank-{r}.json").read_text()) for r in (0, 1)]
     # every rank sees its half of the same global batch: the mean of the two halves' losses
@@ -75,8 +59,7 @@ def test_two_processes_follow_one_and_keep_identical_weights(shakespeare, tmp_pa
 
 
 def test_nproc_matches_one_process_through_the_cli(shakespeare, tmp_path: Path) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY)
+    config = tiny_config_file(tmp_path / "tiny.toml", DDP_MODEL, **DDP_TRAIN)
     tinygpt = [sys.executable, "-m", "tinygpt", "train", "--config", str(config)]
     run([*tinygpt, "--out", str(tmp_path / "one")])
     result = run(
@@ -91,8 +74,7 @@ def test_nproc_matches_one_process_through_the_cli(shakespeare, tmp_path: Path) 
 
 
 def test_a_crashed_rank_restarts_the_group_which_resumes(shakespeare, tmp_path: Path) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(TINY)
+    config = tiny_config_file(tmp_path / "tiny.toml", DDP_MODEL, **DDP_TRAIN)
     run_dir = tmp_path / "run"
     result = run(
         [*TORCHRUN, "--nproc-per-node=2", "--max-restarts=2", "-m", "tinygpt", "train",

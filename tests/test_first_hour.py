@@ -26,7 +26,7 @@ from tinygpt.config import RunConfig
 from tinygpt.rundir import RunDir, list_checkpoints
 from tinygpt.training.runs import resume, train
 
-from .conftest import REPO, tinygpt
+from .conftest import HOW_TO_PROVIDE, REPO, tinygpt
 
 BIGRAM = ("--preset", "bigram", "--train.eval_batches", "2", "--train.sample_tokens", "0")
 
@@ -325,10 +325,12 @@ def test_the_suite_finds_its_corpus_or_stops_at_once(shakespeare_path, tmp_path)
     result, seconds = run_suite_copy(tmp_path / "a", TINYGPT_TEST_CORPUS=str(tmp_path / "none"))
     assert result.returncode == 2 and seconds < 60
     assert "TINYGPT_TEST_CORPUS" in result.stdout and "is not a file" in result.stdout
-    # nothing anywhere: a download (where the network allows it), or one line saying what to do
-    result, seconds = run_suite_copy(tmp_path / "b")
-    assert seconds < 90
-    assert result.returncode == 0 or "could not be downloaded" in result.stdout, result.stdout
+    # nothing anywhere, and no way out (a proxy that refuses): one line saying what to do
+    refused = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    proxies = {"https_proxy": refused, "HTTPS_PROXY": refused, "no_proxy": "", "NO_PROXY": ""}
+    result, seconds = run_suite_copy(tmp_path / "b", **proxies)
+    assert result.returncode == 2 and seconds < 90
+    assert "could not be downloaded" in result.stdout and HOW_TO_PROVIDE in result.stdout
     # after `tinygpt data tinyshakespeare --from FILE`, the user's cache is where it looks
     cached = tmp_path / "c" / "user-cache" / "tinygpt" / "corpora" / "tinyshakespeare"
     cached.mkdir(parents=True)

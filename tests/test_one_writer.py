@@ -24,8 +24,7 @@ from tinygpt.models import build_model
 from tinygpt.rundir import RunDir, RunDirBusy, list_checkpoints, writer_of, writing
 from tinygpt.training.runs import resume, train
 
-from .conftest import tinygpt, wait_until
-from .test_distributed import torchrun_env
+from .conftest import tinygpt, torchrun_env, wait_until
 
 LONG_BIGRAM = ("--preset", "bigram", "--train.eval_interval", "1000", "--train.sample_tokens", "0")
 

@@ -25,37 +25,9 @@ from tinygpt.errors import UserError
 from tinygpt.rundir import RunDir, list_checkpoints, step_folder
 from tinygpt.training.runs import resume, train
 
-from .conftest import tinygpt, wait_until
+from .conftest import tiny_config, tiny_config_file, tinygpt, wait_for_cpu_seconds, wait_until
 
-TINY_TOML = """
-[model]
-arch = "gpt"
-block_size = 16
-n_layer = 1
-n_head = 2
-n_embd = 16
-[optim]
-warmup_steps = 5
-[train]
-steps = {steps}
-batch_size = 4
-eval_interval = {eval_interval}
-eval_batches = 2
-log_interval = 10
-sample_tokens = 0
-"""
-
-
-def tiny_config_file(tmp_path: Path, steps: int, eval_interval: int = 10) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY_TOML.format(steps=steps, eval_interval=eval_interval))
-    return path
-
-
-def tiny_config(steps: int = 20) -> RunConfig:
-    import tomllib
-
-    return RunConfig.from_dict(tomllib.loads(TINY_TOML.format(steps=steps, eval_interval=10)))
+SMALLER = {"n_layer": 1, "n_embd": 16}  # the runs these tests stop and resume: fast
 
 
 def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -74,7 +46,10 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: 
 def test_signal_saves_at_a_step_boundary_and_the_run_resumes(
     shakespeare, tmp_path: Path, signum: int
 ) -> None:
-    config, run_dir = tiny_config_file(tmp_path, steps=20_000, eval_interval=5_000), tmp_path / "r"
+    config, run_dir = (
+        tiny_config_file(tmp_path / "tiny.toml", SMALLER, steps=20_000, eval_interval=5_000),
+        tmp_path / "r",
+    )
     process = subprocess.Popen(
         tinygpt("train", "--config", config, "--out", run_dir),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -97,7 +72,10 @@ def test_signal_saves_at_a_step_boundary_and_the_run_resumes(
 
 
 def test_a_second_signal_exits_at_once(shakespeare, tmp_path: Path) -> None:
-    config, run_dir = tiny_config_file(tmp_path, steps=20_000, eval_interval=5_000), tmp_path / "r"
+    config, run_dir = (
+        tiny_config_file(tmp_path / "tiny.toml", SMALLER, steps=20_000, eval_interval=5_000),
+        tmp_path / "r",
+    )
     process = subprocess.Popen(
         tinygpt("train", "--config", config, "--out", run_dir),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -110,9 +88,9 @@ def test_a_second_signal_exits_at_once(shakespeare, tmp_path: Path) -> None:
 
 
 def terminate_within_seconds(process: subprocess.Popen, seconds: float = 5) -> str:
-    """A second into what the process is doing, SIGTERM; it must be gone within `seconds`,
-    with the status of a stop by that signal. Its stderr."""
-    time.sleep(1.0)
+    """Once the process has worked half a CPU second into what it is doing, SIGTERM; it must
+    be gone within `seconds`, with the status of a stop by that signal. Its stderr."""
+    wait_for_cpu_seconds(process, 0.5)
     signalled = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -124,7 +102,10 @@ def terminate_within_seconds(process: subprocess.Popen, seconds: float = 5) -> s
 def test_a_signal_during_the_sample_after_training_stops_it_at_once(
     shakespeare, tmp_path: Path
 ) -> None:
-    config, run_dir = tiny_config_file(tmp_path, steps=5, eval_interval=5), tmp_path / "r"
+    config, run_dir = (
+        tiny_config_file(tmp_path / "tiny.toml", SMALLER, steps=5, eval_interval=5),
+        tmp_path / "r",
+    )
     printed = tmp_path / "stdout.txt"
     with printed.open("w") as stdout:
         process = subprocess.Popen(
@@ -133,9 +114,11 @@ def test_a_signal_during_the_sample_after_training_stops_it_at_once(
             stdout=stdout, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
-        while "--- sample ---" not in printed.read_text():
-            assert process.poll() is None, process.stderr.read()
-            time.sleep(0.05)
+
+        def sampling() -> bool:  # some of the sample is out: it is generating
+            return len(printed.read_text().partition("--- sample ---\n")[2]) > 20
+
+        wait_until(sampling, process, "the sample")
         err = terminate_within_seconds(process)
     assert "during the sample after training; the run is complete" in err
     assert err.count("\n") == 1, err
@@ -149,7 +132,10 @@ def test_a_signal_during_an_evaluation_stops_it_within_seconds(
     """An evaluation changes nothing, so a stop abandons it (here: one of a million
     batches, minutes of work) and saves the step it evaluated. `first`: the evaluation
     before step 1; `final`: the whole val split after the last step."""
-    config, run_dir = tiny_config_file(tmp_path, steps=5, eval_interval=5), tmp_path / "r"
+    config, run_dir = (
+        tiny_config_file(tmp_path / "tiny.toml", SMALLER, steps=5, eval_interval=5),
+        tmp_path / "r",
+    )
     slow = {  # a minute of evaluation or more
         "first": ["--train.eval_batches", 1_000_000],
         "final": ["--model.block_size", 1, "--train.batch_size", 1],  # 111,539 forward passes
@@ -159,9 +145,7 @@ def test_a_signal_during_an_evaluation_stops_it_within_seconds(
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     if when == "first":  # the tokenizer is written, then training starts by evaluating
-        while not RunDir(run_dir).tokenizer.exists():
-            assert process.poll() is None, process.stderr.read()
-            time.sleep(0.05)
+        wait_until(RunDir(run_dir).tokenizer.exists, process, "the tokenizer")
     else:  # the last estimate is logged, then every val token is scored one at a time
         wait_for_step(run_dir, 5, process)
     err = terminate_within_seconds(process)
@@ -191,7 +175,7 @@ def test_kill_harness_finds_no_corrupt_checkpoint_and_no_mismatch(shakespeare, t
 
 def test_resume_cleans_up_half_written_checkpoints(shakespeare, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    train(tiny_config(steps=40), run_dir, out=io.StringIO(), until=30)
+    train(tiny_config(SMALLER, steps=40), run_dir, out=io.StringIO(), until=30)
     parent = RunDir(run_dir).checkpoints
     assert [p.name for p in list_checkpoints(run_dir)] == ["step-00000020", "step-00000030"]
     (parent / ".tmp-crashed").mkdir()
@@ -209,7 +193,7 @@ def test_resume_cleans_up_half_written_checkpoints(shakespeare, tmp_path: Path) 
 def test_resume_before_the_first_checkpoint_starts_over(shakespeare, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps(tiny_config(steps=10).to_dict()))
+    (run_dir / "config.json").write_text(json.dumps(tiny_config(SMALLER, steps=10).to_dict()))
     out = io.StringIO()
     resume(run_dir, out=out)
     assert "no complete checkpoint to resume from; starting it again" in out.getvalue()
@@ -217,7 +201,7 @@ def test_resume_before_the_first_checkpoint_starts_over(shakespeare, tmp_path: P
 
 
 def test_new_run_over_an_existing_one_needs_saying_so(cli, shakespeare, tmp_path: Path) -> None:
-    config = tiny_config_file(tmp_path, steps=10)
+    config = tiny_config_file(tmp_path / "tiny.toml", SMALLER, steps=10)
     assert cli("train", "--config", config, "--out", tmp_path / "r")[0] == 0
     code, _, err = cli("train", "--config", config, "--out", tmp_path / "r")
     assert code == 2 and "already exists" in err and "--resume" in err
@@ -229,7 +213,7 @@ def test_new_run_over_an_existing_one_needs_saying_so(cli, shakespeare, tmp_path
 
 
 def test_non_finite_loss_stops_the_run_before_the_update(cli, shakespeare, tmp_path) -> None:
-    config = tiny_config_file(tmp_path, steps=50, eval_interval=1)
+    config = tiny_config_file(tmp_path / "tiny.toml", SMALLER, steps=50, eval_interval=1)
     code, _, err = cli(
         "train", "--config", config, "--out", tmp_path / "r", "--optim.lr", "1e30",
         "--optim.grad_clip", "0", "--optim.warmup_steps", "0", "--optim.schedule", "constant",
@@ -244,7 +228,7 @@ def test_a_nan_is_never_written_into_a_checkpoint(tmp_path: Path) -> None:
     from tinygpt.models import build_model
     from tinygpt.tokenizers import CharTokenizer
 
-    config = tiny_config()
+    config = tiny_config(SMALLER, steps=20)
     model = build_model(config.model, 5)
     with torch.no_grad():
         model.wte.weight[0, 0] = float("nan")
@@ -261,7 +245,7 @@ def test_a_nan_is_never_written_into_a_checkpoint(tmp_path: Path) -> None:
 
 
 def test_gradient_norm_is_logged(shakespeare, tmp_path: Path) -> None:
-    train(tiny_config(steps=20), tmp_path / "r", out=io.StringIO())
+    train(tiny_config(SMALLER, steps=20), tmp_path / "r", out=io.StringIO())
     lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").open()]
     norms = [line["grad_norm"] for line in lines if "loss" in line]
     assert norms and all(n > 0 for n in norms)
@@ -278,7 +262,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(
     shakespeare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, message: str
 ) -> None:
     run_dir = tmp_path / "run"
-    train(tiny_config(steps=10), run_dir, out=io.StringIO())
+    train(tiny_config(SMALLER, steps=10), run_dir, out=io.StringIO())
     before = list_checkpoints(run_dir)
 
     def broken_disk(*args: object, **kwargs: object) -> None:
@@ -298,7 +282,13 @@ def test_an_unwritable_run_directory_is_one_line(cli, shakespeare, tmp_path, mon
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "r"))
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    code, _, err = cli("train", "--config", tiny_config_file(tmp_path, 10), "--out", tmp_path / "r")
+    code, _, err = cli(
+        "train",
+        "--config",
+        tiny_config_file(tmp_path / "tiny.toml", SMALLER, steps=10),
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 2 and err.count("\n") == 1 and "Read-only file system" in err
 
 
@@ -315,7 +305,7 @@ class Payload:
 
 def test_a_malicious_pickle_is_refused_and_never_runs(shakespeare, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    train(tiny_config(steps=20), run_dir, out=io.StringIO(), until=10)
+    train(tiny_config(SMALLER, steps=20), run_dir, out=io.StringIO(), until=10)
     marker = tmp_path / "pwned"
     torch.save({"optimizer": Payload(marker)}, list_checkpoints(run_dir)[-1] / "train_state.pt")
     with pytest.raises(UserError, match="refusing to load"):
@@ -325,7 +315,7 @@ def test_a_malicious_pickle_is_refused_and_never_runs(shakespeare, tmp_path: Pat
 
 def test_weights_that_are_not_safetensors_are_refused(tmp_path: Path, shakespeare) -> None:
     run_dir = tmp_path / "run"
-    train(tiny_config(steps=10), run_dir, out=io.StringIO())
+    train(tiny_config(SMALLER, steps=10), run_dir, out=io.StringIO())
     marker = tmp_path / "pwned"
     torch.save(Payload(marker), list_checkpoints(run_dir)[-1] / "model.safetensors")
     with pytest.raises(UserError, match="weights do not load"):

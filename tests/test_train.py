@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
 
 from tinygpt.checkpoint import load_checkpoint
@@ -17,42 +16,13 @@ from tinygpt.rundir import list_checkpoints
 from tinygpt.training.loop import setup, train_step, training_session
 from tinygpt.training.runs import resume, train
 
-TINY = {
-    "model": {"arch": "gpt", "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
-              "dropout": 0.1},
-    "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine", "min_lr": 3e-4},
-    "train": {"steps": 40, "batch_size": 4, "eval_interval": 10, "eval_batches": 2,
-              "log_interval": 5, "sample_tokens": 0, "keep_checkpoints": 2},
-}  # fmt: skip
-
-
-def tiny_config(optim: dict | None = None, **train: object) -> RunConfig:
-    values = {**TINY, "train": {**TINY["train"], **train}}
-    values["optim"] = {**TINY["optim"], **(optim or {})}
-    return RunConfig.from_dict(values)
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    (latest,) = list_checkpoints(run_dir)[-1:]
-    return safetensors.torch.load_file(latest / "model.safetensors")
-
-
-def assert_same_weights(run_a: Path, run_b: Path) -> None:
-    """The newest checkpoints of two runs hold the same tensors, bit for bit."""
-    a, b = weights(run_a), weights(run_b)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+from .conftest import assert_same_weights, metrics, newest_weights, tiny_config, tiny_values
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_equals_an_uninterrupted_run(shakespeare, tmp_path: Path, optimizer: str) -> None:
     # dropout on: the RNG state must resume too
-    config = tiny_config({"optimizer": optimizer}, grad_accum_steps=2)
+    config = tiny_config(optim={"optimizer": optimizer}, grad_accum_steps=2)
     train(config, tmp_path / "whole", out=io.StringIO())
     train(config, tmp_path / "split", out=io.StringIO(), until=20)
     assert list_checkpoints(tmp_path / "split")[-1].name == "step-00000020"
@@ -81,7 +51,7 @@ def test_gradient_accumulation_matches_one_big_batch(shakespeare) -> None:
 
 
 def test_run_directory_keeps_best_and_newest(shakespeare, tmp_path: Path) -> None:
-    final = train(tiny_config(), tmp_path / "run", out=io.StringIO())
+    final = train(tiny_config(keep_checkpoints=2), tmp_path / "run", out=io.StringIO())
     names = [p.name for p in list_checkpoints(tmp_path / "run")]
     assert names == ["step-00000030", "step-00000040"]
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best")
@@ -107,9 +77,11 @@ def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, prese
     # model), only shortened
     short = {"steps": 8, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
              "sample_tokens": 0, "whole_val": False, "device": "cpu"}  # fmt: skip
-    if preset == "gpu-fast":  # its 64 windows a step take seconds each on a CPU
+    overrides: dict = {"train": short}
+    if preset == "gpu-fast":  # its switches, on a model small enough for a CPU
         short["batch_size"] = 2
-    config = resolve(preset, overrides={"train": short})
+        overrides["model"] = {"block_size": 32, "n_layer": 2}
+    config = resolve(preset, overrides=overrides)
     threads = torch.get_num_threads()
     train(config, tmp_path / "whole", out=io.StringIO())
     # a compiled CPU run switches deterministic algorithms on for itself, and off at its end
@@ -125,7 +97,7 @@ def test_a_training_session_gives_the_process_its_threads_back_however_it_ends(
 ) -> None:
     before = torch.get_num_threads()
     other = 1 if before > 1 else 2
-    config = RunConfig.from_dict({**TINY, "train": {**TINY["train"], "threads": other}})
+    config = tiny_config(threads=other)
     with pytest.raises(RuntimeError, match="a failure inside"), training_session(config) as run:
         assert torch.get_num_threads() == other == run.config.train.threads
         raise RuntimeError("a failure inside")
@@ -190,7 +162,7 @@ def test_every_preset_builds_its_model(shakespeare) -> None:
 def test_compiled_model_trains(shakespeare, tmp_path: Path) -> None:
     final = train(tiny_config(compile=True, steps=10), tmp_path / "run", out=io.StringIO())
     assert torch.isfinite(torch.tensor(final["val_loss"]))
-    names = weights(tmp_path / "run").keys()
+    names = newest_weights(tmp_path / "run").keys()
     assert "blocks.0.mlp.c_fc.weight" in names  # saved without the _orig_mod. prefix
     assert not any(name.startswith("_orig_mod") for name in names)
 
@@ -198,14 +170,13 @@ def test_compiled_model_trains(shakespeare, tmp_path: Path) -> None:
 def test_a_pair_table_too_big_for_the_vocabulary_is_turned_off_with_a_note(
     shakespeare, tmp_path: Path, capsys
 ) -> None:
-    values = {**TINY, "model": {**TINY["model"], "ngram": 3}, "data": {"tokenizer": "byte"}}
-    values["train"] = {**TINY["train"], "steps": 4, "eval_interval": 2}
+    values = tiny_values({"ngram": 3}, data={"tokenizer": "byte"}, steps=4, eval_interval=2)
     train(RunConfig.from_dict(values), tmp_path / "run", out=io.StringIO(), until=2)
     assert "model.ngram 3 is off" in capsys.readouterr().err  # 257 x 256 x 256 logits
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["ngram"] == 0
     resume(tmp_path / "run", out=io.StringIO())  # the saved run builds the model that ran
-    assert "ngram.weight" not in weights(tmp_path / "run")
+    assert "ngram.weight" not in newest_weights(tmp_path / "run")
     values["data"] = {"tokenizer": "char"}
     train(RunConfig.from_dict(values), tmp_path / "char", out=io.StringIO(), until=2)
-    assert "ngram.weight" in weights(tmp_path / "char")
+    assert "ngram.weight" in newest_weights(tmp_path / "char")
     assert "is off" not in capsys.readouterr().err

@@ -11,22 +11,17 @@ import pytest
 import torch
 
 from tinygpt.checkpoint import load_checkpoint
-from tinygpt.config import RunConfig
 from tinygpt.rundir import RunDir
 from tinygpt.training.runs import train
 from tinygpt.viz.attention import attention_maps
 from tinygpt.viz.plot import plot_runs
 from tinygpt.viz.probs import distribution, next_token
 
-QUICK = {"steps": 20, "eval_interval": 10, "eval_batches": 2, "log_interval": 5,
-         "sample_tokens": 0}  # fmt: skip
+from .conftest import tiny_config
 
 
 def quick_run(tmp_path: Path, name: str, model: dict, **train_values: object) -> Path:
-    config = RunConfig.from_dict(
-        {"model": {"block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, **model},
-         "train": {**QUICK, **train_values}}
-    )  # fmt: skip
+    config = tiny_config(model, **{"steps": 20, **train_values})
     train(config, tmp_path / name, out=io.StringIO())
     return tmp_path / name
 
