@@ -30,6 +30,8 @@ from tinygpt.serve.app import create_app  # noqa: E402
 from tinygpt.serve.engine import Engine  # noqa: E402
 from tinygpt.serve.settings import ServeSettings  # noqa: E402
 
+from .conftest import wait_until  # noqa: E402
+
 MODEL = "short"  # the run directory's name
 
 
@@ -301,6 +303,39 @@ def test_binding_beyond_loopback_without_a_key_warns(run_dir: Path, shakespeare)
         child.wait(timeout=10)
 
 
+def test_the_served_model_name_is_what_clients_see_and_ask_for(run_dir: Path, shakespeare) -> None:
+    port, base = free_port(), ""
+    command = [sys.executable, "-m", "tinygpt", "serve", str(run_dir), "--port", str(port)]
+    child = subprocess.Popen(
+        [*command, "--served-model-name", "bard-v1"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = child.stdout.readline()  # printed once the model is loaded
+        assert line.startswith("serving bard-v1 ("), line
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _answers(f"{base}/health"), child, "the server")
+        models = httpx.get(f"{base}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["bard-v1"]
+        asked = {"prompt": "RO", "max_tokens": 3, "seed": 1}
+        named = httpx.post(f"{base}/v1/completions", json={**asked, "model": "bard-v1"})
+        unnamed = httpx.post(f"{base}/v1/completions", json=asked)
+        assert named.status_code == unnamed.status_code == 200
+        assert named.json()["model"] == "bard-v1"
+        assert named.json()["choices"][0]["text"] == unnamed.json()["choices"][0]["text"]
+        other = httpx.post(f"{base}/v1/completions", json={**asked, "model": run_dir.name})
+        assert assert_openai_error(other, 404, "model")["code"] == "model_not_found"
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def test_cors_is_off_unless_origins_are_given(base_url: str, run_dir: Path) -> None:
     preflight = {
         "Origin": "https://example.org",
@@ -327,6 +362,8 @@ def test_serve_command_errors_are_one_line(cli, run_dir: Path) -> None:
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1
     code, _, err = cli("serve", run_dir, "--slots", "0")
     assert code == 2 and "--slots must be at least 1" in err
+    code, _, err = cli("serve", run_dir, "--served-model-name", " ")
+    assert code == 2 and "--served-model-name must not be empty" in err and err.count("\n") == 1
     code, _, err = cli("serve", run_dir.parent / "missing", "--port", free_port())
     assert code == 2 and err.count("\n") == 1
 

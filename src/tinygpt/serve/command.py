@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_VARIABLE}, else none)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--served-model-name",
+        metavar="NAME",
+        help="the model's name in /v1/models and in requests (default: the run's folder name)",
+    )
     limits = (
         ("--slots", int, "slots", "requests generating at once"),
         ("--queue", int, "queue", "requests waiting for a slot before 429"),
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace) -> None:
     from tinygpt.serve.engine import Engine
 
     settings = settings_from(args)
+    if args.served_model_name is not None and not args.served_model_name.strip():
+        raise UserError("--served-model-name must not be empty")
     check_can_listen(args.host, args.port)
     if not is_loopback(args.host) and not settings.api_key:
         note(
@@ -72,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
         )
     checkpoint = load_checkpoint(args.run_dir)
     checkpoint.model.to(resolve_device(args.device))
-    name = args.run_dir.resolve().name
+    name = args.served_model_name or args.run_dir.resolve().name
     engine = Engine(checkpoint, settings, name)
     print(
         f"serving {name} ({served_step(args.run_dir, checkpoint.step)}) on "
