@@ -126,11 +126,11 @@ def bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("empty file", ["train", "--data", str(tmp / "empty.txt")], "is empty"),
         ("short corpus", ["train", "--data", str(tmp / "short.txt")], "fewer than block_size + 1"),
         ("not UTF-8", ["train", "--data", str(tmp / "latin1.txt")], "not UTF-8"),
-        ("unknown preset", ["train", "--preset", "gpt9"], "invalid choice: 'gpt9'"),
+        ("unknown preset", ["train", "--preset", "gpt9"], "unknown value 'gpt9'"),
         ("unknown corpus", ["data", "enwik8"], "unknown corpus 'enwik8'"),
         ("unknown option", ["train", "--model.n_layers", "4"], "unrecognized arguments"),
         ("abbreviated option", ["train", "--ste", "4"], "unrecognized arguments"),
-        ("unknown command", ["fly"], "invalid choice: 'fly'"),
+        ("unknown command", ["fly"], "unknown command 'fly'"),
         ("non-numeric", ["train", "--steps", "many"], "invalid int value: 'many'"),
         ("out of range", ["train", "--model.block_size", "0"], "block_size must be at least 1"),
         ("negative lr", ["train", "--optim.lr", "-1"], "optim.lr must be positive"),
@@ -251,3 +251,43 @@ def test_end_of_run_points_to_an_earlier_best_checkpoint(run_dir: Path, capsys) 
     out = capsys.readouterr().out
     assert f"lowest val loss {best_val:.4f} at step {best['step']}" in out
     assert f"tinygpt sample {run_dir / 'checkpoints' / 'best'}" in out
+
+
+def test_a_mistyped_name_gets_the_nearest_ones(cli, shakespeare) -> None:
+    """A preset, command, tokenizer, option or corpus one typo away is named, not listed."""
+    mistakes = {
+        ("train", "--preset", "cpu-fst"): "unknown value 'cpu-fst'; did you mean cpu-fast",
+        ("trian",): "unknown command 'trian'; did you mean train",
+        ("inspect", "--tokenizer", "chr"): "unknown value 'chr'; did you mean char?",
+        ("train", "--data.tokenizer", "bpee"): "unknown tokenizer 'bpee'; did you mean bpe?",
+        (
+            "data",
+            "tinyshakespear",
+        ): "unknown corpus 'tinyshakespear'; did you mean tinyshakespeare?",
+    }
+    for argv, expected in mistakes.items():
+        code, _, err = cli(*argv)
+        assert code == 2 and expected in err and err.count("\n") == 1, (argv, err)
+        assert "lecture-multihead" not in err  # not the whole list
+    code, _, err = cli("train", "--preset", "zzz")  # nothing near: the whole list
+    assert code == 2 and "(known: bigram, cpu-10min" in err
+
+
+def test_resume_says_what_is_wrong_with_the_folder(
+    cli, run_dir: Path, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.chdir(run_dir.parent)
+    code, _, err = cli("train", "--resume", run_dir.parent / "shrot")
+    assert code == 2 and "shrot does not exist; run directories here: " in err
+    assert str(run_dir) in err and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli("train", "--resume", tmp_path / "empty")
+    assert code == 2 and "empty holds no config.json: it is not a tinygpt run directory" in err
+
+
+def test_files_written_are_named_on_lines_of_their_own(cli, run_dir: Path, tmp_path) -> None:
+    png, text = tmp_path / "p.png", tmp_path / "s.txt"
+    code, out, _ = cli("probs", run_dir, "--prompt", "RO", "--png", png)
+    assert code == 0 and out.splitlines()[-1] == f"wrote {png}" and png.exists()
+    code, out, err = cli("sample", run_dir, "--max-new-tokens", "5", "--output", text)
+    assert code == 0 and err == f"wrote {text}\n" and "wrote" not in out  # stdout: the text

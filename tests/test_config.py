@@ -39,7 +39,10 @@ def test_precedence_defaults_preset_file_overrides(tmp_path: Path) -> None:
     ("values", "message"),
     [
         ({"modle": {}}, "unknown config section 'modle'"),
-        ({"model": {"n_layers": 4}}, "unknown option model.n_layers"),
+        (
+            {"model": {"n_layers": 4}},
+            "unknown option 'model.n_layers'; did you mean model.n_layer?",
+        ),
         ({"train": {"steps": "10"}}, "train.steps must be of type int"),
         ({"train": {"steps": True}}, "train.steps must be of type int"),
         ({"train": {"steps": 0}}, "train.steps must be at least 1"),

@@ -206,7 +206,7 @@ def test_new_run_over_an_existing_one_needs_saying_so(cli, shakespeare, tmp_path
     code, _, err = cli("train", "--config", config, "--out", tmp_path / "r")
     assert code == 2 and "already exists" in err and "--resume" in err
     code, _, err = cli("train", "--resume", tmp_path / "nope")
-    assert code == 2 and "not a tinygpt run directory" in err
+    assert code == 2 and "nope does not exist" in err
 
 
 # --- numbers ---------------------------------------------------------------------------

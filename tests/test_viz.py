@@ -51,6 +51,7 @@ def test_attention_rows_are_causal_distributions(runs, kind: str) -> None:
 def test_attention_writes_a_png_and_a_page_that_needs_no_network(cli, runs, tmp_path) -> None:
     code, out, _ = cli("attention", runs["rotary"], "--prompt", "KING: Ay", "--out", tmp_path / "a")
     assert code == 0 and "2 layers x 2 heads over 8 tokens" in out
+    assert f"\nwrote {tmp_path / 'a.png'}\nwrote {tmp_path / 'a.html'}\n" in out  # whole lines
     assert (tmp_path / "a.png").read_bytes().startswith(b"\x89PNG")
     page = (tmp_path / "a.html").read_text(encoding="utf-8")
     assert "http" not in page and "<link" not in page and "src=" not in page
@@ -106,6 +107,7 @@ def test_plot_draws_one_labelled_curve_per_run(runs, tmp_path: Path) -> None:
 def test_plot_from_the_command_line(cli, runs, tmp_path: Path) -> None:
     code, out, _ = cli("plot", runs["learned"], runs["bigram"], "--out", tmp_path / "p.png")
     assert code == 0 and "2 runs against step" in out
+    assert out.splitlines()[-1] == f"wrote {tmp_path / 'p.png'}"
     code, _, err = cli("plot", tmp_path, "--out", tmp_path / "q.png")
     assert code == 2 and "not a tinygpt run directory" in err
 

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from tinygpt.errors import UserError, note
+from tinygpt.errors import UserError, note, unknown_name
 from tinygpt.tokenizers import tokenizer_kind
 
 # the values a field may take: its type says them, the checks and the command line read it
@@ -283,9 +283,7 @@ class RunConfig:
         """Build and validate a config; unknown sections or keys are an error."""
         sections = section_types()
         for name in values:
-            _require(
-                name in sections, f"unknown config section {name!r} (known: {', '.join(sections)})"
-            )
+            _require(name in sections, unknown_name("config section", name, sections))
         parts = {}
         for name, section_cls in sections.items():
             given = values.get(name, {})
@@ -309,7 +307,9 @@ def _build_section(name: str, section_cls: type, given: dict[str, Any]) -> Any:
     types = field_types(section_cls)
     values = {}
     for key, value in given.items():
-        _require(key in types, f"unknown option {name}.{key} (known: {', '.join(types)})")
+        _require(
+            key in types, unknown_name("option", f"{name}.{key}", (f"{name}.{k}" for k in types))
+        )
         values[key] = _check_type(f"{name}.{key}", types[key], value)
     return section_cls(**values)
 
@@ -351,7 +351,7 @@ def parse_overrides(settings: list[str]) -> dict[str, dict[str, Any]]:
         section, _, name = key.partition(".")
         _require(bool(sep) and section in sections, f"{setting!r} is not section.field=VALUE")
         kinds = field_types(sections[section])
-        _require(name in kinds, f"unknown option {key} (known: {', '.join(kinds)})")
+        _require(name in kinds, unknown_name("option", key, (f"{section}.{k}" for k in kinds)))
         try:
             overrides.setdefault(section, {})[name] = parse_value(kinds[name], text)
         except ValueError:
@@ -370,7 +370,7 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> dict[str, Any]:
     """The values of a shipped preset, as a nested dict."""
     names = preset_names()
-    _require(name in names, f"unknown preset {name!r} (known: {', '.join(names)})")
+    _require(name in names, unknown_name("preset", name, names))
     text = (resources.files("tinygpt") / "configs" / f"{name}.toml").read_text("utf-8")
     return tomllib.loads(text)
 

@@ -7,14 +7,26 @@ nothing was written. Anything else that escapes is a bug in tinygpt and keeps it
 A note is one line on stderr that stops nothing.
 """
 
+import difflib
 import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 
 def note(message: str) -> None:
     """One line on stderr about something worth knowing that does not stop anything."""
     print(f"tinygpt: note: {message}", file=sys.stderr)
+
+
+def unknown_name(what: str, name: str, known: Iterable[str]) -> str:
+    """`unknown preset 'cpu-fst'; did you mean cpu-fast?`: the nearest known names, or all
+    of them where none is near."""
+    names = [str(k) for k in known]
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    if close:
+        return f"unknown {what} {name!r}; did you mean {' or '.join(close)}?"
+    return f"unknown {what} {name!r} (known: {', '.join(names)})"
 
 
 def first_line(exc: Exception) -> str:

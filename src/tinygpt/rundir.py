@@ -138,6 +138,27 @@ def is_run_dir(path: Path) -> bool:
     return RunDir(path).exists()
 
 
+def why_not_a_run(path: Path) -> str:
+    """Why `path` is not a run directory, and where runs are: for a user who mistyped it."""
+    if not path.exists():
+        near = [p for p in _runs_beside(path) if p != path]
+        seen = f"; run directories here: {', '.join(str(p) for p in near[:8])}" if near else ""
+        return f"{path} does not exist{seen}"
+    if not path.is_dir():
+        return f"{path} is a file, not a run directory"
+    return (
+        f"{path} holds no {RunDir(path).config.name}: it is not a tinygpt run directory (a "
+        "run holds config.json, tokenizer.json and checkpoints/)"
+    )
+
+
+def _runs_beside(path: Path) -> list[Path]:
+    """The run directories next to `path` and in ./runs, newest first."""
+    folders = {path.parent, Path("runs")}
+    runs = {p for f in folders if f.is_dir() for p in f.iterdir() if RunDir(p).exists()}
+    return sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
 def step_folder(run_dir: Path, step: int) -> Path:
     """Where a run keeps the checkpoint of a step."""
     return RunDir(run_dir).checkpoints / f"step-{step:08d}"

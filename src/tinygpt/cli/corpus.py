@@ -10,6 +10,7 @@ from typing import Any
 
 from tinygpt.cli.parsing import fail
 from tinygpt.config import preset_names, resolve
+from tinygpt.errors import unknown_name
 from tinygpt.tokenizers import KINDS
 
 
@@ -77,7 +78,7 @@ def run_data(args: argparse.Namespace) -> None:
             print(f"{corpus.name:<16} {state:<15} {corpus.description}\n{'':<16} {corpus.url}")
         return
     if args.name not in data.CORPORA:
-        fail(f"unknown corpus {args.name!r} (known: {', '.join(data.CORPORA)})")
+        fail(unknown_name("corpus", args.name, data.CORPORA))
     corpus = data.CORPORA[args.name]
     if args.source is not None:
         path = data.import_local_copy(corpus, args.source)

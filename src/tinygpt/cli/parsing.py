@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from tinygpt.config import RunConfig, choices, field_types, parse_value, section_types, type_name
+from tinygpt.errors import unknown_name
 
 SHORTCUTS = {  # short flag -> (config key, metavar, help)
     "--data": ("data.dataset", "NAME|FILE|FOLDER", "registered corpus, UTF-8 text file or folder"),
@@ -31,6 +32,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         fail(f"{message} (see `{self.prog} --help`)")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """A value outside an option's choices (a preset, a command, a tokenizer) is answered
+        with the nearest names rather than the list of all of them."""
+        if action.choices is not None and value not in action.choices:
+            what = "command" if action.dest == "command" else "value"
+            raise argparse.ArgumentError(action, unknown_name(what, value, action.choices))
 
 
 def fail(message: str) -> NoReturn:

@@ -8,7 +8,7 @@ import dataclasses
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tinygpt.cli.parsing import converter, fail, value_label
 from tinygpt.config import SampleConfig, check_temperature, field_types
@@ -159,6 +159,7 @@ def run_sample(args: argparse.Namespace) -> None:
         sys.stdout.write(join_samples(texts))
     if args.output is not None:
         write_text(args.output, join_samples(texts))
+        print_written(args.output, out=sys.stderr)  # stdout holds the samples themselves
 
 
 def read_prompt(path: Path) -> str:
@@ -193,7 +194,8 @@ def run_attention(args: argparse.Namespace) -> None:
     save_png(maps, png)
     save_html(maps, html)
     layers, heads = maps.weights.shape[:2]
-    print(f"{layers} layers x {heads} heads over {len(maps.tokens)} tokens: {png}, {html}")
+    print(f"{layers} layers x {heads} heads over {len(maps.tokens)} tokens")
+    print_written(png, html)
 
 
 def note_cut_prompt(block_size: int) -> None:
@@ -219,6 +221,7 @@ def run_probs(args: argparse.Namespace) -> None:
     print_rows(rows, sys.stdout)
     if args.png is not None:
         save_png(rows, args.prompt, args.png)
+        print_written(args.png)
 
 
 def run_eval(args: argparse.Namespace) -> None:
@@ -253,14 +256,18 @@ def run_export(args: argparse.Namespace) -> None:
     from tinygpt.hf import export_run
 
     out = export_run(args.run_dir, args.out)
-    print(f"exported to {out}; load it with transformers.AutoModelForCausalLM.from_pretrained")
+    print_written(out)
+    print("load it with transformers.AutoModelForCausalLM.from_pretrained, from that folder")
 
 
 def run_import(args: argparse.Namespace) -> None:
     from tinygpt.hf import import_folder
 
     out = import_folder(args.folder, args.out)
-    print(f"imported into {out}; try: tinygpt sample {out}, or tinygpt train --init-from {out}")
+    print_written(out)
+    print("try it with:")
+    print(f"  tinygpt sample {out}")
+    print(f"  tinygpt train --init-from {out}")
 
 
 def run_plot(args: argparse.Namespace) -> None:
@@ -270,4 +277,11 @@ def run_plot(args: argparse.Namespace) -> None:
     check_writable(args.out)
     plot_runs(args.run_dirs, args.out, x=args.x)
     runs = "1 run" if len(args.run_dirs) == 1 else f"{len(args.run_dirs)} runs"
-    print(f"{runs} against {args.x}: {args.out}")
+    print(f"{runs} against {args.x}")
+    print_written(args.out)
+
+
+def print_written(*paths: Path, out: TextIO | None = None) -> None:
+    """Each file a command wrote, whole on a line of its own (copy-pastable at any width)."""
+    for path in paths:
+        print(f"wrote {path}", file=out or sys.stdout)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from tinygpt.errors import UserError
+from tinygpt.errors import UserError, unknown_name
 
 END_OF_TEXT = "<|endoftext|>"  # the document separator of the kinds that have one
 
@@ -149,7 +149,7 @@ def register(kind: str) -> Callable[[type[Tokenizer]], type[Tokenizer]]:
 
 def tokenizer_kind(kind: str) -> type[Tokenizer]:
     if kind not in KINDS:
-        raise UserError(f"unknown tokenizer {kind!r} (known: {', '.join(KINDS)})")
+        raise UserError(unknown_name("tokenizer", kind, KINDS))
     return KINDS[kind]
 
 

@@ -39,6 +39,7 @@ from tinygpt.rundir import (
     list_checkpoints,
     newest_checkpoint,
     read_meta,
+    why_not_a_run,
     writing,
 )
 from tinygpt.runtime import barrier, distributed_from_env, restart_count
@@ -175,7 +176,7 @@ def resume(
     first checkpoint starts again from step 0 with its saved config.
     """
     if not is_run_dir(run_dir):
-        raise UserError(f"cannot resume {run_dir}: it is not a tinygpt run directory")
+        raise UserError(f"cannot resume: {why_not_a_run(run_dir)}")
     with writer_lock(run_dir):
         return _resume(run_dir, steps, out, until)
 
