@@ -5,6 +5,7 @@ fuzzed request bodies."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -303,17 +304,51 @@ def test_binding_beyond_loopback_without_a_key_warns(run_dir: Path, shakespeare)
         child.wait(timeout=10)
 
 
-def test_the_served_model_name_is_what_clients_see_and_ask_for(run_dir: Path, shakespeare) -> None:
-    port, base = free_port(), ""
+@contextmanager
+def served(run_dir: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`tinygpt serve RUN_DIR OPTIONS...` as a child process, once it answers /health:
+    (its base URL, the process, whose stdout is a pipe)."""
+    port = free_port()
     command = [sys.executable, "-m", "tinygpt", "serve", str(run_dir), "--port", str(port)]
-    child = subprocess.Popen(
-        [*command, "--served-model-name", "bard-v1"], stdout=subprocess.PIPE, text=True
-    )
+    child = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
     try:
+        wait_until(lambda: _answers(f"{base}/health"), child, "the server")
+        yield base, child
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+
+
+def test_the_access_log_has_a_line_per_request_and_quiet_has_none(run_dir: Path, shakespeare):
+    asked = {"prompt": "ROMEO:", "max_tokens": 7, "seed": 1}
+    with served(run_dir, "--log-prompts") as (base, child):
+        assert httpx.post(f"{base}/v1/completions", json=asked).status_code == 200
+        assert httpx.post(f"{base}/v1/completions", json={"max_tokens": -1}).status_code == 400
+        child.terminate()
+        lines = child.communicate(timeout=10)[0].splitlines()
+    completion = next(line for line in lines if '"POST /v1/completions HTTP/1.1" 200' in line)
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d 127\.0\.0\.1:\d+ - ", completion)
+    assert "prompt 6 tokens, generated 7" in completion and "prompt=['ROMEO:']" in completion
+    assert re.search(r", \d+ ms", completion)
+    assert any('"POST /v1/completions HTTP/1.1" 400' in line for line in lines)
+    assert any('"GET /health HTTP/1.1" 200' in line for line in lines)
+    with served(run_dir, "--quiet") as (base, child):
+        assert httpx.post(f"{base}/v1/completions", json=asked).status_code == 200
+        child.terminate()
+        printed = child.communicate(timeout=10)[0]
+    assert printed.startswith("serving ") and "/v1/completions" not in printed
+    with served(run_dir) as (base, child):  # the default: tokens, never the prompt's text
+        httpx.post(f"{base}/v1/completions", json=asked)
+        child.terminate()
+        printed = child.communicate(timeout=10)[0]
+    assert "generated 7" in printed and "ROMEO" not in printed
+
+
+def test_the_served_model_name_is_what_clients_see_and_ask_for(run_dir: Path, shakespeare) -> None:
+    with served(run_dir, "--served-model-name", "bard-v1") as (base, child):
         line = child.stdout.readline()  # printed once the model is loaded
         assert line.startswith("serving bard-v1 ("), line
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _answers(f"{base}/health"), child, "the server")
         models = httpx.get(f"{base}/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["bard-v1"]
         asked = {"prompt": "RO", "max_tokens": 3, "seed": 1}
@@ -324,9 +359,6 @@ def test_the_served_model_name_is_what_clients_see_and_ask_for(run_dir: Path, sh
         assert named.json()["choices"][0]["text"] == unnamed.json()["choices"][0]["text"]
         other = httpx.post(f"{base}/v1/completions", json={**asked, "model": run_dir.name})
         assert assert_openai_error(other, 404, "model")["code"] == "model_not_found"
-    finally:
-        child.terminate()
-        child.wait(timeout=10)
 
 
 def _answers(url: str) -> bool:

@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import html
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tinygpt.serve import protocol
+from tinygpt.serve.access_log import AccessLog
 from tinygpt.serve.engine import Engine, Event, Plan
 from tinygpt.serve.protocol import ApiError
 
@@ -29,7 +30,8 @@ log = logging.getLogger("tinygpt.serve")
 PUBLIC_PATHS = ("/health", "/")  # the page asks for the key itself
 
 
-def create_app(engine: Engine) -> FastAPI:
+def create_app(engine: Engine, log_line: Callable[[str], None] | None = None) -> FastAPI:
+    """The app; `log_line` gets one line per request (serve's access log), none if None."""
     app = FastAPI(title="tinygpt", docs_url=None, redoc_url=None, openapi_url=None)
     settings = engine.settings
     app.state.engine = engine
@@ -43,6 +45,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     if settings.api_key:
         app.add_middleware(KeyGuard, key=settings.api_key)
+    if log_line is not None:  # the outermost: refusals are logged too
+        app.add_middleware(AccessLog, write=log_line, prompts=settings.log_prompts)
 
     app.add_exception_handler(ApiError, lambda _, exc: error_response(exc))
     app.add_exception_handler(HTTPException, http_error)
@@ -74,6 +78,7 @@ def create_app(engine: Engine) -> FastAPI:
             message = f"no model {completion.model!r} here; this server has {engine.name!r}"
             raise ApiError(404, message, param="model", code="model_not_found")
         plan = engine.plan(completion)
+        request.state.plan, request.state.prompts = plan, completion.prompts  # the access log's
         if completion.stream:
             return await stream(engine, plan, completion.include_usage)
         return await whole(engine, plan)

@@ -47,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag, type=kind, dest=name, default=default, help=f"{help_text} (default: {default})"
         )
     parser.add_argument(
+        "--quiet", action="store_true", help="no access log line per request (default: one)"
+    )
+    parser.add_argument(
+        "--log-prompts",
+        action="store_true",
+        help="the access log also shows each prompt's text (default: tokens only)",
+    )
+    parser.add_argument(
         "--cors-origin",
         action="append",
         default=[],
@@ -87,7 +95,9 @@ def run(args: argparse.Namespace) -> None:
         flush=True,
     )
     try:
-        uvicorn.run(create_app(engine), host=args.host, port=args.port, log_level="warning")
+        log_line = None if args.quiet else lambda line: print(line, flush=True)
+        app = create_app(engine, log_line)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         engine.close()
 
@@ -126,6 +136,7 @@ def settings_from(args: argparse.Namespace) -> ServeSettings:
         max_body_bytes=args.max_body_bytes,
         api_key=args.api_key or None,
         cors_origins=tuple(args.cors_origin),
+        log_prompts=args.log_prompts,
     )
 
 

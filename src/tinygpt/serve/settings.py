@@ -19,6 +19,7 @@ class ServeSettings:
     max_body_bytes: int = 64 * 1024
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
+    log_prompts: bool = False  # the access log shows prompts' text (they may be private)
 
     def __post_init__(self) -> None:
         for name in ("slots", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
