@@ -297,4 +297,5 @@ def test_inspect_shows_the_model_a_run_with_that_tokenizer_builds(cli, shakespea
     assert code == 0 and "model.ngram 3 is off" in err  # the pair table: char vocabularies only
     assert "parameters" in out and "ngram" not in out
     code, out, err = cli("inspect", "--preset", "cpu-fast")
-    assert code == 0 and not err and "ngram 278,850" in out  # 66 x 65 rows of 65 logits
+    assert code == 0 and not err and "ngram (pair table) 278,850" in out  # 66 x 65 rows of 65
+    assert "skip 2)" in out and "own 2" not in out  # a part's own tensors by their names

@@ -70,7 +70,9 @@ def test_data_command_takes_a_verified_local_copy(
     code, out, _ = cli("data", "tinyshakespeare", "--from", shakespeare_path)
     assert code == 0
     cached = isolated_home / "corpora" / "tinyshakespeare" / "input.txt"
-    assert out.strip() == str(cached) and cached.read_bytes() == shakespeare_path.read_bytes()
+    said, where = out.strip().splitlines()
+    assert said == f"sha256 matched (86c4e6aa9db7...): {shakespeare_path} is tinyshakespeare"
+    assert where == str(cached) and cached.read_bytes() == shakespeare_path.read_bytes()
     code, out, _ = cli("data")
     assert code == 0 and "tinyshakespeare" in out and "cached" in out
     cached.unlink()

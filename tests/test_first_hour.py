@@ -283,17 +283,23 @@ def test_cached_and_written_files_follow_the_umask(cli, shakespeare, tmp_path, m
 
 
 def test_a_run_starts_with_a_short_summary(cli, shakespeare, tmp_path: Path) -> None:
-    code, out, _ = cli("train", *BIGRAM, "--steps", "10", "--out", tmp_path / "r")
+    run_dir = tmp_path / ("a-run-directory-with-a-long-name-" * 4) / "r"  # past any width
+    code, out, _ = cli("train", *BIGRAM, "--steps", "10", "--out", run_dir)
     assert code == 0
-    head = out.split("step 0:")[0]
+    lines = out.splitlines()  # paths and commands whole, each on a line of its own
+    assert (
+        f"run directory: {run_dir}" in lines and f"full config: {run_dir / 'config.json'}" in lines
+    )
+    assert f"sample with: tinygpt sample {run_dir}" in lines
+    head = out.split(f"run directory: {run_dir}")[0]
     assert "config: {" not in head and "n_layer" not in head and "layers" not in head
     assert "preset: bigram" in head
     assert "model: bigram table, 65 x 65; 4,225 parameters" in head
     assert "data: tinyshakespeare: 1,003,854 train and 111,540 val tokens" in head
     assert "training: 10 steps of 256 tokens, AdamW" in head
     assert "device: cpu, float32" in head
-    assert len(head.splitlines()) <= 9 and max(len(line) for line in head.splitlines()) < 120
-    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert len(head.splitlines()) <= 8 and max(len(line) for line in head.splitlines()) < 120
+    config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["steps"] == 10  # the whole config is still saved
 
 

@@ -82,6 +82,7 @@ def run_data(args: argparse.Namespace) -> None:
     corpus = data.CORPORA[args.name]
     if args.source is not None:
         path = data.import_local_copy(corpus, args.source)
+        print(f"sha256 matched ({corpus.sha256[:12]}...): {args.source} is {corpus.name}")
     else:
         path = data.resolve_corpus(args.name)
     print(path)

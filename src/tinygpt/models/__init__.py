@@ -32,10 +32,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def parameter_summary(model: nn.Module) -> str:
-    """Where a model's parameters are, part by part, in one line: `wte 8,320; 4 blocks of
-    197,376 each (ln_1 128, attn 65,536, ln_2 128, mlp 131,072); lm_head 8,320`. Identical
-    blocks are said once; a tensor shared by two parts (a tied head) counts where it first
-    appears, so the parts add up to the total."""
+    """Where a model's parameters are, part by part, in one line: `wte 8,320; blocks 4 x
+    197,376 (ln_1 128, attn 65,536, ln_2 128, mlp 131,072); lm_head 8,320`, by the names a
+    reader finds in the model's code (a part's own tensors by theirs: `skip 2`), with the
+    plain name of what is not the lecture's (`ngram (pair table) 278,850`). Identical blocks
+    are said once; a tensor shared by two parts (a tied head) counts where it first appears,
+    so the parts add up to the total."""
     seen: set[int] = set()
 
     def count(module: nn.Module, recurse: bool = True) -> int:
@@ -43,9 +45,15 @@ def parameter_summary(model: nn.Module) -> str:
         seen.update(id(p) for p in fresh)
         return sum(p.numel() for p in fresh)
 
+    def own(module: nn.Module) -> list[tuple[str, int]]:
+        """The tensors a module holds itself (a block's mixing weights, smear's gates)."""
+        fresh = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for _, p in fresh)
+        return [(name, p.numel()) for name, p in fresh]
+
     def parts(module: nn.Module) -> list[tuple[str, int]]:
         rows = [(name, count(child)) for name, child in module.named_children()]
-        rows.append(("own", count(module, recurse=False)))  # e.g. a block's mixing weights
+        rows += own(module)
         return [(name, n) for name, n in rows if n]
 
     pieces = []
@@ -59,10 +67,17 @@ def parameter_summary(model: nn.Module) -> str:
                 times = f"{len(child)} x " if same else ""
                 pieces.append(f"{name} {times}{each:,}" + (f" ({inside})" if len(rows) > 1 else ""))
         elif n := count(child):
-            pieces.append(f"{name} {n:,}")
-    if own := count(model, recurse=False):
-        pieces.append(f"own {own:,}")
+            pieces.append(f"{PLAIN_NAMES.get(name, name)} {n:,}")
+    pieces += [f"{PLAIN_NAMES.get(name, name)} {n:,}" for name, n in own(model)]
     return "; ".join(pieces)
+
+
+# what a part that is not in the lecture does, said beside its name in the code
+PLAIN_NAMES = {
+    "ngram": "ngram (pair table)",
+    "smear_gates": "smear_gates (gates of the last tokens' embeddings)",
+    "value_embeds": "value_embeds (a token table per block, added to attention's values)",
+}
 
 
 def print_parameter_table(model: nn.Module, out: TextIO) -> None:

@@ -253,10 +253,12 @@ def print_summary(session: Session, run_dir: Path, out: TextIO) -> None:
         f"tokens, vocabulary {data.tokenizer.vocab_size} ({cfg.data.tokenizer})",
         "training": f"{length}, {optimizer}, {cfg.optim.schedule} schedule, seed {cfg.train.seed}",
         "device": f"{session.device}, {precision}{group}{_threads(session)}",
-        "run directory": f"{run_dir} (full config: {RunDir(run_dir).config})",
     }
     for name, text in lines.items():
         print(textwrap.fill(f"{name}: {text}", width=100, subsequent_indent="  "), file=out)
+    # paths whole, each on its own line: copy-pastable at any terminal width
+    print(f"run directory: {run_dir}", file=out)
+    print(f"full config: {RunDir(run_dir).config}", file=out)
 
 
 def _threads(session: Session) -> str:
@@ -313,7 +315,8 @@ def start_or_resume(
             print(f"whole val split: {score}")
         if "sampled_val_loss" in final:
             print(describe_sampled_val(final, run_dir))
-        print(f"saved in {run_dir}; sample with: tinygpt sample {run_dir}")
+        print(f"saved in {run_dir}")
+        print(f"sample with: tinygpt sample {run_dir}")
         print_best_if_earlier(run_dir, final["val_loss"])
 
 
