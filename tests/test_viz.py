@@ -14,7 +14,7 @@ from tinygpt.checkpoint import load_checkpoint
 from tinygpt.rundir import RunDir
 from tinygpt.training.runs import train
 from tinygpt.viz.attention import attention_maps
-from tinygpt.viz.plot import plot_runs
+from tinygpt.viz.plot import plot_losses, plot_runs
 from tinygpt.viz.probs import distribution, next_token
 
 from .conftest import tiny_config
@@ -124,3 +124,47 @@ def test_tensorboard_events_hold_the_metrics(shakespeare, tmp_path: Path) -> Non
         board = {e.step: e.value for e in events.Scalars(name)}
         assert logged and board.keys() == logged.keys()
         assert all(board[s] == pytest.approx(logged[s], rel=1e-5) for s in logged)
+
+
+def touches_the_border(png: Path) -> bool:
+    """Whether anything but the white background lies on the picture's outermost pixels."""
+    from matplotlib.image import imread
+
+    pixels = imread(png)[..., :3]  # (H, W, 3) in 0..1
+    edges = [pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]
+    return any(bool((edge < 0.98).any()) for edge in edges)
+
+
+@pytest.mark.parametrize(("layers", "heads", "tokens"), [(1, 1, 2), (2, 2, 13), (6, 6, 64)])
+def test_attention_pictures_keep_everything_inside(tmp_path, layers, heads, tokens) -> None:
+    """From a one-head model to gpu-fast's 6 x 6, with a short or a long prompt."""
+    from tinygpt.viz.attention import AttentionMaps, save_png
+
+    weights = torch.rand(layers, heads, tokens, tokens).tril()
+    maps = AttentionMaps([chr(65 + t % 26) for t in range(tokens)], weights, False)
+    save_png(maps, tmp_path / "a.png")
+    assert not touches_the_border(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("temperatures", [[1.0], [0.0, 0.5, 1.0, 2.0]])
+def test_probs_pictures_keep_everything_inside(tmp_path, temperatures) -> None:
+    from tinygpt.viz.probs import NextToken, save_png
+
+    probs = torch.softmax(torch.randn(65), dim=0)
+    top = [(chr(97 + i), float(p)) for i, p in enumerate(probs[:10])]
+    rows = [NextToken(t, top, probs) for t in temperatures]
+    save_png(
+        rows, "KING RICHARD:\nO, my lord, a long prompt that runs on and on", tmp_path / "p.png"
+    )
+    assert not touches_the_border(tmp_path / "p.png")
+
+
+def test_loss_plots_keep_a_60_character_run_name_inside(runs, tmp_path: Path) -> None:
+    import shutil
+
+    long_name = tmp_path / ("r" * 60)
+    shutil.copytree(runs["learned"], long_name)
+    plot_runs([runs["bigram"], long_name], tmp_path / "several.png")
+    plot_losses(RunDir(long_name).metrics, tmp_path / "one.png")
+    assert not touches_the_border(tmp_path / "several.png")
+    assert not touches_the_border(tmp_path / "one.png")

@@ -13,6 +13,7 @@ import torch
 from tinygpt.checkpoint import Checkpoint
 from tinygpt.errors import UserError
 from tinygpt.generate import encode_prompt
+from tinygpt.viz import save_figure
 
 # how whitespace shows in a label: a newline or a space would be invisible
 VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥", "\r": "␍"}
@@ -60,7 +61,7 @@ def save_png(maps: AttentionMaps, path: Path) -> None:
             axes.set_xticks(ticks, [maps.tokens[t] for t in ticks], fontsize=6, rotation=90)
             axes.set_yticks(ticks, [maps.tokens[t] for t in ticks], fontsize=6)
     figure.suptitle("attention: row = token attending, column = token attended to")
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
 
 
 def save_html(maps: AttentionMaps, path: Path) -> None:

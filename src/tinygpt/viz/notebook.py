@@ -17,6 +17,7 @@ from tinygpt.data.corpora import PreparedData, prepare
 from tinygpt.errors import UserError
 from tinygpt.models import build_model, print_parameter_table
 from tinygpt.tokenizers import Tokenizer
+from tinygpt.viz import save_figure
 
 EXAMPLE_TEXT = "hii there"  # the lecture's encode/decode example
 SPLIT_EXAMPLE = "Hello NanoGPT"  # the lecture's example for subword tokenizers
@@ -256,5 +257,5 @@ def _save_heat_maps(matrices: dict[str, torch.Tensor], folder: Path, out: TextIO
         axes.set_ylabel("position")
         figure.colorbar(image, ax=axes, fraction=0.046)
         path = folder / f"trick-{name}.png"
-        figure.savefig(path, dpi=100)
+        save_figure(figure, path)
         print(f"wrote {path}", file=out)

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from tinygpt.errors import UserError
 from tinygpt.rundir import RunDir
+from tinygpt.viz import save_figure
 
 
 def plot_losses(metrics_path: Path, png_path: Path) -> None:
@@ -36,7 +37,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     tmp = png_path.with_suffix(".tmp.png")
-    figure.savefig(tmp, dpi=100)
+    save_figure(figure, tmp)
     tmp.replace(png_path)
 
 
@@ -69,7 +70,7 @@ def plot_runs(run_dirs: list[Path], png_path: Path, x: str = "step") -> dict[str
     axes.set_ylabel("val loss (nats per token)")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.savefig(png_path, dpi=100)
+    save_figure(figure, png_path)
     return curves
 
 

@@ -10,6 +10,7 @@ import torch
 
 from tinygpt.checkpoint import Checkpoint
 from tinygpt.generate import encode_prompt
+from tinygpt.viz import save_figure
 from tinygpt.viz.attention import VISIBLE
 
 
@@ -75,4 +76,4 @@ def save_png(rows: list[NextToken], prompt: str, path: Path) -> None:
         axes.set_xlabel("probability")
         axes.set_title(f"temperature {row.temperature:g}")
     figure.suptitle(f"the token after {show(prompt[-30:])!r}")
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
