@@ -7,6 +7,9 @@ its greedy `generate` token for token, its tokenizer id for id.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -314,3 +317,29 @@ def test_a_fine_tune_resumes_exactly_without_its_source(small_corpus: Path, tmp_
     assert whole.keys() == halves.keys()
     assert all(torch.equal(whole[name], halves[name]) for name in whole)
     assert whole["wpe.weight"].shape == (16, 32)
+
+
+def test_the_export_carries_a_model_card_whose_example_runs_quietly_without_tinygpt(
+    small_corpus: Path, tmp_path: Path, cli
+) -> None:
+    run = tiny_run(small_corpus, tmp_path / "run")
+    out = tmp_path / "hf"
+    code, printed, _ = cli("export", run, "--to", "hf", "--out", out)
+    assert code == 0 and "context: 32 tokens" in printed
+    assert printed.splitlines()[-1] == str(out / "README.md")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    header = card.split("---\n")[1]
+    assert "library_name: transformers" in header and "- char-level" in header
+    assert "**32 tokens**" in card and "nats per token" in card and "bits per byte" in card
+    example = card.split("```python\n")[1].split("```")[0]
+    assert len(example.strip().splitlines()) == 5
+    # in a process where tinygpt cannot be imported, with transformers' own warnings on
+    blocked = "import sys; sys.modules['tinygpt'] = None; exec(sys.stdin.read())"
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", blocked], input=example, cwd=tmp_path,
+        capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "warning"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ROMEO:") and len(done.stdout) > len("ROMEO:") + 5
+    said = [line for line in done.stderr.splitlines() if "Loading weights" not in line]
+    assert not [line for line in said if line.strip()], said  # no warning at all

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from tinygpt.checkpoint import load_checkpoint, save_checkpoint
+from tinygpt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from tinygpt.config import Activation, DataConfig, ModelConfig, RunConfig, TrainConfig
 from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir, temp_file
@@ -127,7 +127,8 @@ def gpt2_name(name: str) -> str:
 
 def export_run(run_dir: Path, out: Path) -> Path:
     """Write a run's newest checkpoint as a folder that `transformers` loads offline:
-    config.json, model.safetensors, generation_config.json and the tokenizer."""
+    config.json, model.safetensors, generation_config.json, the tokenizer, and a model card
+    (README.md) that says what the model is and how to call it."""
     transformers = require_transformers()
     _check_empty(out, "export")
     checkpoint = load_checkpoint(run_dir)
@@ -141,6 +142,7 @@ def export_run(run_dir: Path, out: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / MODEL_CARD).write_text(model_card(checkpoint, out, config), encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty, checked above
         tmp.rename(out)
@@ -150,15 +152,74 @@ def export_run(run_dir: Path, out: Path) -> Path:
 
 
 def generation_config(transformers: Any, config: Any) -> Any:
-    """`tinygpt sample`'s defaults: temperature 1, no top-k, at most the context."""
+    """`tinygpt sample`'s defaults: temperature 1, no top-k. No max_length: a caller's
+    `max_new_tokens` would meet it with a warning; the model card says what fits."""
     return transformers.GenerationConfig(
         do_sample=True,
         temperature=1.0,
         top_k=0,
-        max_length=config.n_positions,
         bos_token_id=config.bos_token_id,
         eos_token_id=config.eos_token_id,
+        pad_token_id=config.eos_token_id,
     )
+
+
+MODEL_CARD = "README.md"
+
+
+def model_card(checkpoint: Checkpoint, out: Path, config: Any) -> str:
+    """The exported folder's README.md: the YAML header a model hub reads, what the model
+    is, how well it does, how much context it holds, and five lines that run it."""
+    run = checkpoint.config
+    metrics = checkpoint.metrics
+    n_params = sum(p.numel() for p in checkpoint.model.parameters())
+    context = config.n_positions
+    loss = metrics.get("whole_val_loss", metrics.get("val_loss"))
+    bpb = metrics.get("whole_val_bpb", metrics.get("val_bpb"))
+    score = (
+        f"{loss:.4f} nats per token, {bpb:.4f} bits per byte" if loss and bpb else "not measured"
+    )
+    dataset = Path(run.data.dataset).name
+    new_tokens = max(1, min(100, context - 8))
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- tinygpt
+- gpt2
+- {run.data.tokenizer}-level
+datasets:
+- {dataset}
+---
+
+# {out.name}
+
+A small GPT trained from scratch with tinygpt. It loads as transformers' `GPT2LMHeadModel`,
+with no tinygpt code.
+
+- model: {checkpoint.model.describe()}; {n_params:,} parameters
+- tokenizer: `{run.data.tokenizer}`, {checkpoint.tokenizer.vocab_size:,} tokens
+- trained on: {dataset}, {checkpoint.step:,} steps
+
+| | |
+|---|---|
+| context | **{context} tokens**: a prompt and its new tokens together must fit in them |
+| val loss | {score} |
+| sampling defaults | temperature 1, no top-k (as `tinygpt sample`) |
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+model = AutoModelForCausalLM.from_pretrained("{out}")
+tokenizer = AutoTokenizer.from_pretrained("{out}")
+ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
+print(tokenizer.decode(model.generate(ids, max_new_tokens={new_tokens})[0]))
+```
+
+Keep the prompt's tokens plus `max_new_tokens` within {context}: past its context the model
+has no position to read (`tinygpt sample` slides its window instead).
+"""
 
 
 def hf_tokenizer(transformers: Any, tokenizer: Tokenizer, max_length: int) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import re
 import sys
 from pathlib import Path
@@ -257,7 +258,10 @@ def run_export(args: argparse.Namespace) -> None:
 
     out = export_run(args.run_dir, args.out)
     print_written(out)
-    print("load it with transformers.AutoModelForCausalLM.from_pretrained, from that folder")
+    context = json.loads((out / "config.json").read_text(encoding="utf-8"))["n_positions"]
+    print(f"context: {context} tokens (a prompt and its new tokens must fit in them)")
+    print("load it with transformers.AutoModelForCausalLM.from_pretrained; its model card:")
+    print(out / "README.md")
 
 
 def run_import(args: argparse.Namespace) -> None:
