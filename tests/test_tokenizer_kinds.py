@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tinygpt.config import DataConfig
+from tinygpt.data.corpora import prepare
 from tinygpt.errors import UserError
 from tinygpt.tokenizers import (
     END_OF_TEXT,
@@ -88,7 +91,7 @@ def test_a_character_split_over_tokens_waits_for_its_last_byte() -> None:
     decoder = TextDecoder(ByteTokenizer())
     ids = ByteTokenizer().encode("好😀")  # 3 + 4 bytes
     assert [decoder.feed(i) for i in ids] == ["", "", "好", "", "", "", "😀"]
-    assert decoder.feed(0xE5) == "" and decoder.flush() == "\ufffd"  # a cut one, at the end
+    assert decoder.feed(0xE5) == "" and decoder.flush() == "\\xe5"  # a cut one, at the end
 
 
 def test_gpt2_gives_tiktoken_ids(gpt2: Gpt2Tokenizer, gpt2_ranks: Path, tmp_path, monkeypatch):
@@ -178,3 +181,27 @@ def test_the_kinds_save_only_json(bpe: BpeTokenizer) -> None:
 def test_tokens_show_partial_characters_as_bytes() -> None:
     tokens = ByteTokenizer().tokens()
     assert len(tokens) == 256 and tokens[ord("a")] == "a" and tokens[0xE5] == "\\xe5"
+
+
+def test_the_byte_tokenizer_trains_on_any_bytes_and_samples_them_escaped(
+    cli, tmp_path: Path
+) -> None:
+    """A byte model reads any file, text or not; the char tokenizer still refuses one."""
+    rng = np.random.default_rng(0)
+    noise = bytes(b for b in rng.integers(0, 256, 30_000, dtype=np.uint8) if b != 13)  # no CR
+    corpus = tmp_path / "noise.bin"
+    corpus.write_bytes(noise)
+    prepared = prepare(DataConfig(dataset=str(corpus), tokenizer="byte"))
+    tokens = np.concatenate([prepared.train, prepared.val]).astype(np.uint8)
+    assert tokens.tobytes() == noise  # every byte, as it is
+    run = tmp_path / "run"
+    code, _, err = cli(
+        "train", "--preset", "bigram", "--data", corpus, "--data.tokenizer", "byte",
+        "--steps", "20", "--train.eval_interval", "10", "--train.eval_batches", "2",
+        "--train.sample_tokens", "0", "--out", run,
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, _ = cli("sample", run, "--max-new-tokens", "300", "--seed", "1")
+    assert code == 0 and "\\x" in out and "\ufffd" not in out  # invalid bytes shown escaped
+    code, _, err = cli("train", "--preset", "bigram", "--data", corpus, "--out", tmp_path / "c")
+    assert code == 2 and "is not UTF-8 text (byte 0x" in err

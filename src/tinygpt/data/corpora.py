@@ -261,7 +261,7 @@ def _train_tokenizer(source: Source, config: DataConfig) -> Tokenizer:
     )
     if limit == 0:
         return kind.train([], options)
-    pieces = TextReader(source).pieces(byte_limit=limit)
+    pieces = TextReader(source, any_bytes=kind.reads_any_bytes).pieces(byte_limit=limit)
     return kind.train((p if isinstance(p, str) else DOCUMENT_SEPARATOR for p in pieces), options)
 
 

@@ -12,6 +12,7 @@ piece gives the same tokens as encoding the whole text at once. A file with no s
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,8 +84,11 @@ class TextReader:
     """Read a source piece by piece, counting what it read (bytes of the files, characters
     after normalisation, and whether the text has two distinct characters at all)."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, any_bytes: bool = False) -> None:
         self.source = source
+        # any bytes: what is not UTF-8 comes through as surrogate escapes, for a tokenizer
+        # that reads them (Tokenizer.reads_any_bytes); else it is refused with its offset
+        self.any_bytes = any_bytes
         self.bytes_read = 0
         self.characters = 0
         self.distinct: set[str] = set()  # up to two: enough to know there is something to learn
@@ -99,22 +103,27 @@ class TextReader:
                 yield DOCUMENT_END
             for piece in self._file_pieces(path):
                 if room is not None:
-                    size = len(piece.encode("utf-8"))
-                    if size >= room:
-                        yield piece.encode("utf-8")[:room].decode("utf-8", errors="ignore")
+                    data = piece.encode("utf-8", errors="surrogateescape")
+                    if len(data) >= room:
+                        yield data[:room].decode("utf-8", errors="ignore")
                         return
-                    room -= size
+                    room -= len(data)
                 yield piece
 
     def _file_pieces(self, path: Path) -> Iterator[str]:
         held = ""  # text after the last safe cut, waiting for what follows it
         undecoded = b""  # the first bytes of a character cut by a read
+        escaping = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
         carriage_return = ""  # at the end of a read: it may begin a CRLF
         offset = 0  # of the next read in the file
         try:
             with path.open("rb") as f:
                 for block in iter(lambda: f.read(PIECE_BYTES), b""):
-                    text, undecoded = _decode(undecoded + block, path, offset - len(undecoded))
+                    if self.any_bytes:
+                        text = escaping.decode(block)
+                    else:
+                        start = offset - len(undecoded)
+                        text, undecoded = _decode(undecoded + block, path, start)
                     offset += len(block)
                     self.bytes_read += len(block)
                     text = carriage_return + text
@@ -128,6 +137,7 @@ class TextReader:
             raise UserError(f"cannot read corpus {path}: {exc.strerror}") from None
         if undecoded:
             raise _not_utf8(path, offset - len(undecoded), undecoded[0])
+        held += escaping.decode(b"", final=True)  # bytes of a character the file cut short
         if held + carriage_return:
             yield self._counted(held + carriage_return)
 

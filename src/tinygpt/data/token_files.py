@@ -51,7 +51,7 @@ class TokenFiles:
         cls, source: Source, tokenizer: Tokenizer, folder: Path, val_fraction: float
     ) -> TokenFiles:
         dtype = token_dtype(tokenizer.vocab_size)
-        reader = TextReader(source)
+        reader = TextReader(source, any_bytes=tokenizer.reads_any_bytes)
         byte_lengths = tokenizer.token_byte_lengths()
         total_tokens = total_bytes = 0
         train_path, val_path = folder / "train.bin", folder / "val.bin"

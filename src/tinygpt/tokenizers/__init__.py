@@ -47,6 +47,9 @@ class Tokenizer(ABC):
 
     kind: ClassVar[str]  # the name it is registered under, saved as "type" in its JSON
     trained_on: ClassVar[TrainedOn]
+    # whether it reads any bytes, not only UTF-8 text: a corpus is then read with its invalid
+    # bytes as surrogate escapes (U+DC80-U+DCFF), which its encode turns back into the bytes
+    reads_any_bytes: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -97,8 +100,9 @@ class Tokenizer(ABC):
         return self.encode_batch([text])
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of a whole sequence of tokens; bytes that are not UTF-8 show as U+FFFD."""
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+        """Text of a whole sequence of tokens; bytes that are not UTF-8 show escaped (\\xNN),
+        as TextDecoder shows them streamed."""
+        return self.decode_bytes(ids).decode("utf-8", errors="backslashreplace")
 
     def token_text(self, token: int) -> str:
         """One token, readable: a byte that is part of a character shows as \\xNN."""
@@ -119,17 +123,18 @@ class Tokenizer(ABC):
 
 class TextDecoder:
     """Text from a stream of tokens, a piece per token: bytes that end in the middle of a
-    character wait for the rest of it, so valid output never shows U+FFFD."""
+    character wait for the rest of it, so valid output never shows U+FFFD; bytes that are not
+    UTF-8 at all (a byte model of a binary file) show escaped, as `\\xe4`."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
 
     def feed(self, token: int) -> str:
         return self.utf8.decode(self.tokenizer.decode_bytes([token]))
 
     def flush(self) -> str:
-        """What is left at the end of the stream (an incomplete character shows as U+FFFD)."""
+        """What is left at the end of the stream (an incomplete character shows escaped)."""
         return self.utf8.decode(b"", final=True)
 
 

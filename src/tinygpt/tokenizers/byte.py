@@ -1,4 +1,5 @@
-"""Bytes as tokens: the 256 values of a byte, so no text is ever outside the vocabulary.
+"""Bytes as tokens: the 256 values of a byte, so no text is ever outside the vocabulary, and
+a file that is not text at all trains too (its invalid bytes reach the tokenizer escaped).
 
 A character takes one to four tokens (its UTF-8 bytes): a model reads Chinese or emoji as
 easily as English, at the price of longer sequences than a character vocabulary gives.
@@ -19,6 +20,7 @@ class ByteTokenizer(Tokenizer):
     """Token id = byte value, 0..255."""
 
     trained_on = "nothing"
+    reads_any_bytes = True  # a byte-level model reads any file, text or not
 
     @classmethod
     def train(cls, texts: Iterable[str], options: TrainOptions) -> ByteTokenizer:
@@ -29,10 +31,11 @@ class ByteTokenizer(Tokenizer):
         return 256
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return list(text.encode("utf-8", errors="surrogateescape"))
 
     def encode_batch(self, texts: Sequence[str]) -> np.ndarray:
-        return np.frombuffer("".join(texts).encode("utf-8"), dtype=np.uint8).astype(np.int64)
+        data = "".join(texts).encode("utf-8", errors="surrogateescape")
+        return np.frombuffer(data, dtype=np.uint8).astype(np.int64)
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         return bytes(ids)
