@@ -116,7 +116,7 @@ def test_compile_without_a_compiler_is_one_line(
 
 
 def test_resume_errors(shakespeare, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="not a tinygpt run directory"):
+    with pytest.raises(UserError, match="nothing does not exist"):
         resume(tmp_path / "nothing")
     train(tiny_config(steps=10), tmp_path / "done", out=io.StringIO())
     with pytest.raises(UserError, match="already finished 10 steps"):

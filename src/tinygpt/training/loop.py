@@ -229,7 +229,11 @@ def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[
     with autocast(session):
         if len(val) - 1 <= cfg.train.whole_val_tokens:
             loss = split_loss(model, val, block_size, batch_size, device, group=group, stop=stop)
-            return {"whole_val_loss": loss, "whole_val_bpb": bits_per_byte(loss, tokens_per_byte)}
+            return {
+                "whole_val_loss": loss,
+                "whole_val_bpb": bits_per_byte(loss, tokens_per_byte),
+                "whole_val_tokens": len(val) - 1,  # every token but the first, which has no context
+            }
         sampled = sampled_split_loss(
             model, val, block_size, batch_size, device,
             max_tokens=cfg.train.whole_val_tokens, group=group, stop=stop,

@@ -312,7 +312,8 @@ def start_or_resume(
         )
         if "whole_val_loss" in final:
             score = describe_score(final["whole_val_loss"], final["whole_val_bpb"])
-            print(f"whole val split: {score}")
+            tokens = int(final.get("whole_val_tokens", 0))
+            print(f"val split, all {tokens:,} tokens after the first: {score}")
         if "sampled_val_loss" in final:
             print(describe_sampled_val(final, run_dir))
         print(f"saved in {run_dir}")
