@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,29 @@ def _check(stop: Callable[[], bool]) -> None:
         raise EvaluationStopped
 
 
+# Small models' batches are too small to keep a CPU busy: evaluation scores several in one
+# forward pass, up to this many tokens, and fewer where the logits would grow past the second
+# bound (a large vocabulary).
+EVAL_TOKENS_PER_FORWARD = 1 << 14
+EVAL_LOGITS_PER_FORWARD = 1 << 22
+
+
+def rows_per_forward(block_size: int, vocab_size: int, *, at_least: int) -> int:
+    """How many windows of `block_size` tokens one evaluation forward pass scores."""
+    tokens = min(EVAL_TOKENS_PER_FORWARD, EVAL_LOGITS_PER_FORWARD // vocab_size)
+    return max(at_least, tokens // block_size)
+
+
+def stacked(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], per_stack: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Consecutive (x, y) batches concatenated `per_stack` at a time, with how many each
+    stack holds: the mean loss of a stack of equal batches is the mean of their losses."""
+    while group := list(itertools.islice(batches, per_stack)):
+        xs, ys = zip(*group, strict=True)
+        yield torch.cat(xs), torch.cat(ys), len(group)
+
+
 @torch.no_grad()
 def estimate_loss(
     model: nn.Module,
@@ -44,12 +68,15 @@ def estimate_loss(
     device: torch.device,
     group: Distributed = SINGLE_PROCESS,
     stop: Callable[[], bool] = never,
+    batches_per_forward: int = 1,
 ) -> dict[str, float]:
     """{'train_loss': ..., 'val_loss': ...} over the same seeded batches on every call.
 
     In a torchrun group each rank scores its slice of every batch and the means are averaged
     over the group: the same figure as one process scoring whole batches. `stop` is asked
-    before every batch (the same answer on every rank): True raises EvaluationStopped.
+    before every forward pass (the same answer on every rank): True raises
+    EvaluationStopped. `batches_per_forward` changes the speed, not the figure (but for
+    rounding in the last digits).
     """
     was_training = model.training
     model.eval()
@@ -59,10 +86,10 @@ def estimate_loss(
         batches = eval_batches(
             data, split, n_batches, batch_size, block_size, seed=seed, group=group
         )
-        for x, y in batches:
+        for x, y, count in stacked(batches, batches_per_forward):
             _check(stop)
             _, loss = model(x.to(device), y.to(device))
-            total += loss.item()
+            total += loss.item() * count
         losses[f"{split}_loss"] = all_mean(total / n_batches, group, device)
     model.train(was_training)
     return losses

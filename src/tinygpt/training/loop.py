@@ -36,6 +36,7 @@ from tinygpt.evaluate import (
     bits_per_byte,
     estimate_loss,
     never,
+    rows_per_forward,
     sampled_split_loss,
     split_loss,
 )
@@ -228,13 +229,14 @@ def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[
     block_size, batch_size, device = cfg.model.block_size, cfg.train.batch_size, session.device
     with autocast(session):
         if len(val) - 1 <= cfg.train.whole_val_tokens:
-            loss = split_loss(model, val, block_size, batch_size, device, group=group, stop=stop)
+            rows = eval_rows(session)  # the figure does not depend on it
+            loss = split_loss(model, val, block_size, rows, device, group=group, stop=stop)
             return {
                 "whole_val_loss": loss,
                 "whole_val_bpb": bits_per_byte(loss, tokens_per_byte),
                 "whole_val_tokens": len(val) - 1,  # every token but the first, which has no context
             }
-        sampled = sampled_split_loss(
+        sampled = sampled_split_loss(  # its batches are its samples: the training batch size
             model, val, block_size, batch_size, device,
             max_tokens=cfg.train.whole_val_tokens, group=group, stop=stop,
         )  # fmt: skip
@@ -244,6 +246,15 @@ def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[
         "sampled_val_stderr": sampled.stderr,
         "sampled_val_tokens": sampled.tokens,
     }
+
+
+def eval_rows(session: Session) -> int:
+    """Windows per evaluation forward pass: whole training batches, as many as pay."""
+    return rows_per_forward(
+        session.config.model.block_size,
+        session.data.tokenizer.vocab_size,
+        at_least=session.config.train.batch_size,
+    )
 
 
 def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:
@@ -260,6 +271,7 @@ def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, fl
             device=session.device,
             group=session.group,
             stop=stop,
+            batches_per_forward=eval_rows(session) // cfg.train.batch_size,
         )
     data = session.data
     return {
