@@ -1,5 +1,6 @@
 """The front door and the docs stay true: the README's shape, the Chinese front door's
-match, every link and anchor, the code map against the tree, and every command shown."""
+match, every link and anchor, the code map against the tree, and every command shown parses
+(test_docs_commands.py runs those of docs/)."""
 
 from __future__ import annotations
 

@@ -138,7 +138,7 @@ def test_a_signal_during_an_evaluation_stops_it_within_seconds(
     )
     slow = {  # a minute of evaluation or more
         "first": ["--train.eval_batches", 1_000_000],
-        "final": ["--model.block_size", 1, "--train.batch_size", 1],  # 111,539 forward passes
+        "final": ["--model.block_size", 1, "--train.eval_rows", 1],  # 111,539 forward passes
     }[when]
     process = subprocess.Popen(
         tinygpt("train", "--config", config, "--out", run_dir, *slow),

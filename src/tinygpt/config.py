@@ -188,6 +188,11 @@ class TrainConfig:
     grad_accum_steps: int = option(1, "micro-steps per optimizer step (global batch multiplier)")
     eval_interval: int = option(250, "evaluate (and checkpoint) every this many steps")
     eval_batches: int = option(20, "fixed batches per split in each evaluation")
+    eval_rows: int = option(
+        0,
+        "windows per evaluation forward pass (0: as many as pay, about 16k tokens; at least "
+        "batch_size in the periodic evaluations); the figures do not depend on it",
+    )
     log_interval: int = option(100, "write a training line to metrics.jsonl every this many steps")
     seed: int = option(1337, "seed for weights, batches and sampling")
     device: str = option("auto", f"device ({', '.join(DEVICES)}, or cuda:N)")
@@ -225,6 +230,7 @@ class TrainConfig:
         _require(self.seed >= 0, "train.seed must not be negative")
         _require(self.sample_tokens >= 0, "train.sample_tokens must not be negative")
         _require(self.threads >= 0, "train.threads must not be negative (0: chosen at start)")
+        _require(self.eval_rows >= 0, "train.eval_rows must not be negative (0: chosen)")
         limit = self.time_limit
         _require(math.isfinite(limit) and limit >= 0, "train.time_limit must be 0 or positive")
         _check_choices(self, "train.")

@@ -249,11 +249,12 @@ def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[
 
 
 def eval_rows(session: Session) -> int:
-    """Windows per evaluation forward pass: whole training batches, as many as pay."""
+    """Windows per evaluation forward pass: train.eval_rows, or as many as pay."""
+    cfg = session.config
+    if cfg.train.eval_rows:
+        return cfg.train.eval_rows
     return rows_per_forward(
-        session.config.model.block_size,
-        session.data.tokenizer.vocab_size,
-        at_least=session.config.train.batch_size,
+        cfg.model.block_size, session.data.tokenizer.vocab_size, at_least=cfg.train.batch_size
     )
 
 
@@ -271,7 +272,7 @@ def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, fl
             device=session.device,
             group=session.group,
             stop=stop,
-            batches_per_forward=eval_rows(session) // cfg.train.batch_size,
+            batches_per_forward=max(1, eval_rows(session) // cfg.train.batch_size),
         )
     data = session.data
     return {
