@@ -225,3 +225,37 @@ def test_decode_rows_cuts_each_row_at_its_stop_and_says_why_it_ended() -> None:
         assert finishes[-1] and not any(finishes[:-1])
     with pytest.raises(UserError, match="must not be empty"):
         decode_rows(iter(steps), TOKENIZER, stops=[""])  # at once, not at the first token
+
+
+MODERN = {"rotary": True, "smear": 3, "ngram": 3, "value_embeds": True, "embed_skip": True}
+
+
+@pytest.mark.parametrize("switches", [{}, MODERN], ids=["learned-positions", "modern"])
+def test_a_ragged_batch_decodes_each_row_as_if_it_were_alone(switches) -> None:
+    """Rows at different lengths (a server's requests) share one step, each at its own
+    position, and get the logits that decoding it alone gives, its earlier tokens (smear,
+    the pair table) included: a row can join from a prompt of 1 token or leave any time."""
+    model = gpt(**switches)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8], [9, 10, 11]]
+    alone = [Decoder(model, BLOCK) for _ in prompts]
+    logits = [d.start(torch.tensor([p])) for d, p in zip(alone, prompts, strict=True)]
+    batch = model.new_cache(4).make_ragged()
+    for row, decoder in enumerate(alone):
+        assert decoder.cache is not None
+        batch.copy_row(row, decoder.cache, 0)
+    active = batch.first_rows(3)
+    for _ in range(6):
+        token = torch.cat([x.argmax(dim=-1) for x in logits])  # (3,)
+        together, _ = model(token[:, None], cache=active)  # (3, 1, V): one step for all
+        logits = [d.step(token[i : i + 1]) for i, d in enumerate(alone)]
+        for i, expected in enumerate(logits):
+            torch.testing.assert_close(together[i, -1], expected[0], rtol=1e-5, atol=1e-5)
+    assert batch.lengths is not None and batch.lengths[:3].tolist() == [13, 7, 9]
+    # a row leaves: the last takes its place and goes on as before
+    batch.copy_row(0, batch, 2)
+    active = batch.first_rows(2)
+    token = torch.stack([logits[2][0].argmax(), logits[1][0].argmax()])
+    together, _ = model(token[:, None], cache=active)
+    for row, i in enumerate([2, 1]):
+        expected = alone[i].step(token[row : row + 1])
+        torch.testing.assert_close(together[row, -1], expected[0], rtol=1e-5, atol=1e-5)

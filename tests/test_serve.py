@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +26,7 @@ openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 from tinygpt.checkpoint import load_checkpoint  # noqa: E402
+from tinygpt.cli import main  # noqa: E402
 from tinygpt.config import SampleConfig  # noqa: E402
 from tinygpt.generate import sample  # noqa: E402
 from tinygpt.serve.app import create_app  # noqa: E402
@@ -85,7 +87,7 @@ def metrics(base_url: str) -> dict[str, int]:
 def wait_idle(base_url: str, within: float) -> float:
     """Seconds until no request is generating (fails after `within`)."""
     start = time.monotonic()
-    while metrics(base_url)["active"]:
+    while metrics(base_url)["active_rows"]:
         assert time.monotonic() - start < within, f"still active after {within} s"
         time.sleep(0.02)
     return time.monotonic() - start
@@ -210,7 +212,7 @@ def test_a_key_guards_everything_but_health(run_dir: Path) -> None:
 
 
 def test_a_full_server_answers_429_with_retry_after(run_dir: Path) -> None:
-    with server(run_dir, slots=1, queue=0, max_tokens=10**7, deadline_s=60) as url:
+    with server(run_dir, max_batch=1, queue=0, max_tokens=10**7, deadline_s=60) as url:
         long = {"prompt": "A", "max_tokens": 10**7, "stream": True}
         with httpx.stream("POST", f"{url}/v1/completions", json=long) as first:
             lines = first.iter_lines()  # kept: dropping it would close the stream
@@ -230,7 +232,7 @@ def test_a_streaming_client_that_leaves_frees_its_slot(base_url: str) -> None:
     with httpx.stream("POST", f"{base_url}/v1/completions", json=body) as response:
         lines = response.iter_lines()  # kept: dropping it would close the stream
         next(lines)
-        assert metrics(base_url)["active"] == 1
+        assert metrics(base_url)["active_rows"] == 1
     assert wait_idle(base_url, within=1.5) < 1.5  # one token step plus a second
 
 
@@ -244,7 +246,7 @@ def test_a_waiting_client_that_leaves_frees_its_slot(base_url: str) -> None:
             + body
         )
         deadline = time.monotonic() + 5
-        while metrics(base_url)["active"] == 0:
+        while metrics(base_url)["active_rows"] == 0:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     assert wait_idle(base_url, within=1.5) < 1.5
@@ -392,8 +394,8 @@ def test_serve_command_errors_are_one_line(cli, run_dir: Path) -> None:
         port = taken.getsockname()[1]
         code, _, err = cli("serve", run_dir, "--port", port)
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in err and err.count("\n") == 1
-    code, _, err = cli("serve", run_dir, "--slots", "0")
-    assert code == 2 and "--slots must be at least 1" in err
+    code, _, err = cli("serve", run_dir, "--max-batch", "0")
+    assert code == 2 and "--max-batch must be at least 1" in err
     code, _, err = cli("serve", run_dir, "--served-model-name", " ")
     assert code == 2 and "--served-model-name must not be empty" in err and err.count("\n") == 1
     code, _, err = cli("serve", run_dir.parent / "missing", "--port", free_port())
@@ -407,3 +409,82 @@ def test_the_playground_escapes_the_model_name(run_dir: Path) -> None:
     page = TestClient(create_app(engine)).get("/").text
     assert "<script>alert" not in page and "&lt;script&gt;alert(&quot;x&quot;)" in page
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) -> Path:
+    """A short cpu-fast run: a GPT with a KV cache (the batched path), rotary, smear and
+    the pair table, and a context of 64 that long answers slide past."""
+    out = tmp_path_factory.mktemp("runs") / "fast"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TINYGPT_HOME", str(shakespeare_home))
+        main(["train", "--steps", "40", "--train.sample_tokens", "0", "--out", str(out)])
+    return out
+
+
+def test_concurrent_clients_each_get_the_text_of_tinygpt_sample(gpt_run: Path) -> None:
+    """Eight streaming clients at once, joining and leaving the batch at different steps
+    with their own prompts, seeds, settings, stop strings and lengths (some past the
+    context of 64): each gets what `tinygpt sample` gives it alone."""
+    asks = [
+        {"prompt": "ROMEO:", "max_tokens": 150, "seed": 1},
+        {"prompt": "", "max_tokens": 40, "seed": 2, "temperature": 0.7},
+        {"prompt": "A", "max_tokens": 90, "seed": 3, "top_k": 5},
+        {"prompt": "KING RICHARD III:\nNow is", "max_tokens": 120, "seed": 4, "stop": ["\n\n"]},
+        {"prompt": "To be", "max_tokens": 10, "seed": 5, "temperature": 0},
+        {"prompt": "First Citizen:", "max_tokens": 70, "seed": 6, "top_p": 0.9, "stop": ["e"]},
+        {"prompt": "Q", "max_tokens": 200, "seed": 7, "n": 2},
+        {"prompt": "JULIET:", "max_tokens": 33, "seed": 8, "stop": [":", "!"]},
+    ]
+    checkpoint = load_checkpoint(gpt_run)
+    expected = []
+    for ask in asks:
+        values = {"max_new_tokens": ask["max_tokens"], "seed": ask["seed"]}
+        values |= {k: ask[k] for k in ("temperature", "top_k", "top_p") if k in ask}
+        values["num_samples"] = ask.get("n", 1)
+        samples = sample(checkpoint, ask["prompt"], SampleConfig(**values), ask.get("stop", ()))
+        expected.append([text[len(ask["prompt"]) :] for text in samples.texts()])
+    assert any(
+        "stop" in ask and len(e[0]) < ask["max_tokens"]
+        for ask, e in zip(asks, expected, strict=False)
+    )
+
+    def stream(url: str, ask: dict, delay: float) -> list[str]:
+        time.sleep(delay)  # joins a batch already decoding
+        texts = [""] * ask.get("n", 1)
+        body = {**ask, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    for choice in json.loads(line[6:])["choices"]:
+                        texts[choice["index"]] += choice["text"]
+        return texts
+
+    with server(gpt_run, max_batch=6, queue=8) as url:
+        with ThreadPoolExecutor(len(asks)) as pool:
+            answers = list(pool.map(stream, [url] * len(asks), asks, [i * 0.05 for i in range(8)]))
+        seen = metrics(url)
+    assert answers == expected
+    assert seen["requests_served"] == len(asks) and seen["rejected"] == 0
+    assert seen["tokens_generated"] >= sum(len(e[0]) for e in expected)
+    assert seen["first_token_ms_p50"] > 0 and seen["active_rows"] == 0
+
+
+def test_metrics_show_the_batch_while_it_decodes(gpt_run: Path) -> None:
+    with server(gpt_run, max_batch=2, queue=4, max_tokens=10**6) as url:
+        body = {"prompt": "A", "max_tokens": 10**6, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json={**body, "n": 2}) as first:
+            lines = first.iter_lines()  # kept: dropping it would close the stream
+            next(lines)  # decoding: the two rows fill the batch
+            with httpx.stream("POST", f"{url}/v1/completions", json=body):
+                wait_until_metric(url, "queued", 1)  # the second waits for room
+                shown = metrics(url)
+                assert shown["active_rows"] == 2 and shown["tokens_per_second"] > 0
+        wait_idle(url, within=3)  # both left: their rows and their place in the queue
+
+
+def wait_until_metric(url: str, name: str, value: float, within: float = 5) -> None:
+    deadline = time.monotonic() + within
+    while metrics(url)[name] != value:
+        assert time.monotonic() < deadline, f"{name} is not {value} within {within} s"
+        time.sleep(0.02)

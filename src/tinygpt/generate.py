@@ -48,8 +48,7 @@ class Decoder:
         # one token a step from the cache: a product of one row, faster on some CPUs
         self.model = (with_fast_matvec(model) if self.use_cache else model).eval()
         self.block_size = block_size
-        # what a full window keeps when a token arrives: all but its oldest, or its last half
-        self.keep = block_size if window == "exact" else max(block_size // 2, 1)
+        self.keep = window_keep(block_size, window)
         self.cache: KVCache | None = None
         self.window = torch.empty(0)  # (B, <= block_size): the tokens the model sees
 
@@ -78,6 +77,11 @@ class Decoder:
             self.cache.reset()
             logits, _ = self.model(self.window, cache=self.cache)
         return logits[:, -1]
+
+
+def window_keep(block_size: int, window: WindowPolicy) -> int:
+    """What a full window keeps when a token arrives: all but its oldest, or its last half."""
+    return block_size if window == "exact" else max(block_size // 2, 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -233,33 +237,52 @@ def decode_rows(
     return _decoded(tokens, tokenizer, stops)
 
 
+class RowText:
+    """One row's text as its tokens come: a character split over tokens waits for its last
+    byte, and the text ends at the first stop string."""
+
+    def __init__(self, row: int, tokenizer: Tokenizer, stops: Sequence[str]) -> None:
+        self.row = row
+        self.decoder = TextDecoder(tokenizer)
+        self.scanner = StopScanner(stops)
+        self.tokens = 0  # read so far
+
+    @property
+    def stopped(self) -> bool:
+        return self.scanner.stopped
+
+    def feed(self, token: int) -> Piece | None:
+        """The piece this token adds (None: nothing to show yet); its finish is "stop"
+        when a stop string came."""
+        self.tokens += 1
+        text = self.scanner.feed(self.decoder.feed(token))
+        if text or self.stopped:
+            return Piece(self.row, text, "stop" if self.stopped else None, self.tokens)
+        return None
+
+    def end(self) -> Piece:
+        """The last piece, once the tokens ran out: what was held back, and "length"."""
+        text = self.scanner.feed(self.decoder.flush())
+        text += "" if self.stopped else self.scanner.flush()
+        return Piece(self.row, text, "stop" if self.stopped else "length", self.tokens)
+
+
 def _decoded(
     tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stops: Sequence[str]
 ) -> Iterator[Piece]:
-    decoders: list[TextDecoder] = []
-    scanners: list[StopScanner] = []
-    counts: list[int] = []
+    rows: list[RowText] = []
     for token in tokens:
         ids = token.tolist()
-        if not scanners:  # the batch's size is the first step's
-            decoders = [TextDecoder(tokenizer) for _ in ids]
-            scanners = [StopScanner(stops) for _ in ids]
-            counts = [0] * len(ids)
-        for i, t in enumerate(ids):
-            if scanners[i].stopped:
-                continue
-            counts[i] += 1
-            text = scanners[i].feed(decoders[i].feed(t))
-            if text or scanners[i].stopped:
-                yield Piece(i, text, "stop" if scanners[i].stopped else None, counts[i])
-        if all(s.stopped for s in scanners):
+        if not rows:  # the batch's size is the first step's
+            rows = [RowText(i, tokenizer, stops) for i in range(len(ids))]
+        for row, t in zip(rows, ids, strict=True):
+            if not row.stopped and (piece := row.feed(t)) is not None:
+                yield piece
+        if all(row.stopped for row in rows):
             return
-    for i, scanner in enumerate(scanners):
-        if scanner.stopped:
-            continue
-        text = scanner.feed(decoders[i].flush())
-        text += "" if scanner.stopped else scanner.flush()
-        yield Piece(i, text, "stop" if scanner.stopped else "length", counts[i])
+    for row in rows:
+        if not row.stopped:
+            yield row.end()
 
 
 def stream_text(

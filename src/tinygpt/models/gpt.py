@@ -41,12 +41,15 @@ class KVCache:
     In a forward pass each layer writes the new tokens' keys and values at positions
     [pos, pos + T) and attends to [0, pos + T); the model then calls `advance(T)`. `reset()`
     empties the cache for a new window (the old entries are overwritten, not cleared).
+    A batch whose rows have read different lengths (a server decoding many requests at
+    once) keeps one position per row in `lengths` instead of the one `pos`.
     """
 
     keys: list[torch.Tensor]  # n_layer x (B, nh, max_len, hs)
     values: list[torch.Tensor]
     tokens: torch.Tensor  # (B, max_len): the window's token ids, for looking back (smear)
     pos: int = 0
+    lengths: torch.Tensor | None = None  # (B,): each row's own pos, where the rows differ
     max_len: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,11 +65,75 @@ class KVCache:
         tokens = torch.zeros(batch_size, config.block_size, device=device, dtype=torch.long)
         return cls(keys=make[: config.n_layer], values=make[config.n_layer :], tokens=tokens)
 
+    def positions(self, T: int) -> torch.Tensor:
+        """The positions of the next T tokens: (T,) for every row, or (B, T) row by row."""
+        steps = torch.arange(T, device=self.tokens.device)
+        return steps + self.pos if self.lengths is None else self.lengths[:, None] + steps
+
+    def end(self, T: int) -> int:
+        """How many positions the longest row holds after the next T tokens."""
+        return self.pos + T if self.lengths is None else int(self.lengths.max()) + T
+
+    def extend(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
+        """Store a layer's new (B, nh, T, hs) keys and values; return all of the window's,
+        (B, nh, end, hs), with the attention mask to use and whether it is the causal one."""
+        T = k.size(2)
+        start, end = self.pos, self.end(T)
+        if self.lengths is None:
+            self.keys[layer][:, :, start:end] = k
+            self.values[layer][:, :, start:end] = v
+        else:  # each row writes at its own positions
+            positions = self.positions(T)  # (B, T)
+            rows = torch.arange(k.size(0), device=k.device)[:, None]
+            self.keys[layer][rows, :, positions] = k.transpose(1, 2)  # (B, T, nh, hs) slots
+            self.values[layer][rows, :, positions] = v.transpose(1, 2)
+        keys, values = self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        if self.lengths is not None:  # each row sees its own tokens, up to itself
+            allowed = torch.arange(end, device=k.device) <= self.positions(T)[..., None]
+            return keys, values, allowed[:, None], False  # (B, 1, T, end)
+        if start == 0:
+            return keys, values, None, True  # a fresh prompt: the usual causal mask
+        if T == 1:
+            return keys, values, None, False  # one new token sees everything before it
+        allowed = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=start)
+        return keys, values, allowed, False
+
     def reset(self) -> None:
         self.pos = 0
 
+    # --- a ragged batch: rows that join, leave and restart on their own ------------------
+
+    def make_ragged(self) -> KVCache:
+        """This cache with a position per row (all at 0): rows fill it one by one."""
+        self.lengths = torch.zeros(self.tokens.size(0), dtype=torch.long, device=self.tokens.device)
+        return self
+
+    def first_rows(self, n: int) -> KVCache:
+        """A view of the first n rows: what it writes, this cache holds."""
+        assert self.lengths is not None, "a ragged cache"
+        return KVCache(
+            keys=[k[:n] for k in self.keys],
+            values=[v[:n] for v in self.values],
+            tokens=self.tokens[:n],
+            lengths=self.lengths[:n],
+        )
+
+    def copy_row(self, to: int, source: KVCache, row: int) -> None:
+        """Row `to` of this ragged cache becomes row `row` of `source` (this one or another),
+        as far as that row has read."""
+        assert self.lengths is not None, "a ragged cache"
+        n = source.pos if source.lengths is None else int(source.lengths[row])
+        for mine, theirs in zip(self.keys + self.values, source.keys + source.values, strict=True):
+            mine[to, :, :n] = theirs[row, :, :n]
+        self.tokens[to, :n] = source.tokens[row, :n]
+        self.lengths[to] = n
+
     def advance(self, tokens: int) -> None:
         self.pos += tokens
+        if self.lengths is not None:
+            self.lengths += tokens
 
 
 class CausalSelfAttention(nn.Module):
@@ -99,13 +166,13 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:  # keeps attention logits bounded at high learning rates
             qk = F.rms_norm(qk, (hs,))
         if rotary is not None:
-            cos, sin = rotary  # (T, hs/2): the same for every head
-            qk = apply_rotary(qk, cos[:, None], sin[:, None])
+            cos, sin = rotary  # (T, hs/2), or (B, T, hs/2) in a ragged batch: for every head
+            qk = apply_rotary(qk, cos.unsqueeze(-2), sin.unsqueeze(-2))
         q, k = qk.transpose(1, 2).split(nh, dim=1)  # 2 x (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         mask, is_causal = None, True
         if cache is not None:
-            k, v, mask, is_causal = self._extend_cache(cache, k, v)  # (B, nh, pos + T, hs)
+            k, v, mask, is_causal = cache.extend(self.layer, k, v)  # (B, nh, pos + T, hs)
         if self.recorded is not None:
             y = self._attend_and_record(q, k, v)
         else:
@@ -129,22 +196,6 @@ class CausalSelfAttention(nn.Module):
         weights = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
         self.recorded.append(weights)  # type: ignore[union-attr]  # a list: forward checked
         return weights @ v  # (B, nh, T, hs)
-
-    def _extend_cache(
-        self, cache: KVCache, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
-        """Store the new keys and values; return all of them and the mask to use."""
-        start, T = cache.pos, k.size(2)
-        end = start + T
-        cache.keys[self.layer][:, :, start:end] = k
-        cache.values[self.layer][:, :, start:end] = v
-        keys, values = cache.keys[self.layer][:, :, :end], cache.values[self.layer][:, :, :end]
-        if start == 0:
-            return keys, values, None, True  # a fresh prompt: the usual causal mask
-        if T == 1:
-            return keys, values, None, False  # one new token sees everything before it
-        allowed = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=start)
-        return keys, values, allowed, False
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -316,11 +367,13 @@ class GPT(LanguageModel):
         only then does a cached pass keep the window's token ids."""
         return self.smear_gates is not None or self.config.ngram == 3
 
-    def _embed(self, idx: torch.Tensor, start: int, cache: KVCache | None) -> torch.Tensor:
+    def _embed(
+        self, idx: torch.Tensor, positions: torch.Tensor, cache: KVCache | None
+    ) -> torch.Tensor:
         """(B, T) tokens -> (B, T, C) embeddings, smeared with the ones before (lookback.py)."""
         if self.smear_gates is None:
             return self.wte(idx)
-        return smeared_embeddings(self.wte, self.smear_gates, idx, start, cache)
+        return smeared_embeddings(self.wte, self.smear_gates, idx, positions, cache)
 
     def forward(
         self,
@@ -329,17 +382,19 @@ class GPT(LanguageModel):
         cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         T = idx.size(1)
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
+        end = cache.end(T) if cache is not None else T
+        if end > self.config.block_size:
+            raise ValueError(f"{end} positions exceed block_size {self.config.block_size}")
+        # (T,), or (B, T) where the cache's rows are at different lengths
+        positions = cache.positions(T) if cache is not None else torch.arange(T, device=idx.device)
         if cache is not None and self.looks_back:  # the window's earlier tokens, kept
-            cache.tokens[:, start : start + T] = idx
-        x = self._embed(idx, start, cache)  # (B, T, C)
+            cache.tokens.scatter_(1, positions.expand_as(idx), idx)
+        x = self._embed(idx, positions, cache)  # (B, T, C)
         rotary = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))  # (T, C) broadcast
+            x = x + self.wpe(positions)  # (T, C) or (B, T, C)
         else:
-            rotary = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
+            rotary = (self.rotary_cos[positions], self.rotary_sin[positions])
         x = self.drop(x)
         x0 = x
         for i, block in enumerate(self.blocks):
@@ -348,7 +403,7 @@ class GPT(LanguageModel):
         x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         if self.ngram is not None:  # local statistics, learned directly: (B, T, V)
-            rows = ngram_rows(self.config.ngram, self.ngram.embedding_dim, idx, start, cache)
+            rows = ngram_rows(self.config.ngram, self.ngram.embedding_dim, idx, positions, cache)
             logits = logits + self.ngram(rows)
         if self.config.logit_softcap > 0:  # confident but never unboundedly so
             cap = self.config.logit_softcap

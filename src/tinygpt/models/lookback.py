@@ -21,39 +21,45 @@ if TYPE_CHECKING:
 
 
 def with_earlier(
-    idx: torch.Tensor, start: int, cache: KVCache | None, back: int
-) -> tuple[torch.Tensor, int]:
-    """(B, T) tokens -> (B, known + T) with the `known` (<= back) tokens of the window
-    before them: in a cached pass they come from the cache, else there are none."""
+    idx: torch.Tensor, positions: torch.Tensor, cache: KVCache | None, back: int
+) -> torch.Tensor:
+    """(B, T) tokens at `positions` ((T,) or (B, T)) -> (B, back + T): the `back` tokens of
+    the window before them, then them, with -1 where the window has none (before its first
+    token, or without a cache)."""
     if cache is None:
-        return idx, 0
-    known = min(back, start)
-    return cache.tokens[:, start - known : start + idx.size(1)], known
+        return F.pad(idx, (back, 0), value=-1)
+    B, T = idx.shape
+    steps = torch.arange(-back, T, device=idx.device)  # (back + T,)
+    wanted = (positions[..., :1] + steps).expand(B, back + T)  # the cache's columns
+    earlier = cache.tokens.gather(1, wanted.clamp(min=0))
+    return earlier.masked_fill(wanted < 0, -1)
 
 
 def smeared_embeddings(
-    wte: nn.Embedding, gates: torch.Tensor, idx: torch.Tensor, start: int, cache: KVCache | None
+    wte: nn.Embedding,
+    gates: torch.Tensor,
+    idx: torch.Tensor,
+    positions: torch.Tensor,
+    cache: KVCache | None,
 ) -> torch.Tensor:
     """(B, T) tokens -> (B, T, C): each token's embedding plus, for lag 1..len(gates), the
     embedding of the token `lag` back times its (C,) gate (none before the window's first)."""
     lags, T = gates.size(0), idx.size(1)
-    idx, looked_back = with_earlier(idx, start, cache, lags)
-    emb = wte(idx)  # (B, looked_back + T, C)
-    x = emb[:, looked_back:]  # (B, T, C)
-    emb = F.pad(emb, (0, 0, lags - looked_back, 0))  # (B, lags + T, C): zeros first
+    tokens = with_earlier(idx, positions, cache, lags)  # (B, lags + T)
+    known = (tokens >= 0).unsqueeze(-1).to(wte.weight.dtype)  # (B, lags + T, 1): 0 for none
+    emb = wte(tokens.clamp(min=0)) * known  # (B, lags + T, C)
+    x = emb[:, lags:]  # (B, T, C)
     for lag, gate in enumerate(gates, start=1):
         x = x + gate * emb[:, lags - lag : lags - lag + T]  # the tokens `lag` back
     return x
 
 
 def ngram_rows(
-    n: int, vocab_size: int, idx: torch.Tensor, start: int, cache: KVCache | None
+    n: int, vocab_size: int, idx: torch.Tensor, positions: torch.Tensor, cache: KVCache | None
 ) -> torch.Tensor:
     """(B, T) tokens -> (B, T) rows of the n-gram table: the token itself (n=2), or the
     pair of it and the token before it (n=3; a window's first token pairs with 'none')."""
     if n == 2:
         return idx
-    T = idx.size(1)
-    idx, known = with_earlier(idx, start, cache, 1)
-    before = F.pad(idx, (1 - known, 0), value=-1)[:, :T]  # (B, T): -1 for none
-    return (before + 1) * vocab_size + idx[:, known:]
+    before = with_earlier(idx, positions, cache, 1)[:, : idx.size(1)]  # (B, T): -1 for none
+    return (before + 1) * vocab_size + idx

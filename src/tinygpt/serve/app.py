@@ -57,7 +57,7 @@ def create_app(engine: Engine, log_line: Callable[[str], None] | None = None) ->
         return {"status": "ok"}
 
     @app.get("/metrics")
-    async def metrics() -> dict[str, int]:
+    async def metrics() -> dict[str, float]:
         return engine.metrics.view()
 
     @app.get("/v1/models")

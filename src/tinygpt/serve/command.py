@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the model's name in /v1/models and in requests (default: the run's folder name)",
     )
     limits = (
-        ("--slots", int, "slots", "requests generating at once"),
-        ("--queue", int, "queue", "requests waiting for a slot before 429"),
+        ("--max-batch", int, "max_batch", "choices of requests decoded together, a step for all"),
+        ("--queue", int, "queue", "requests waiting for room in the batch before 429"),
         ("--max-prompt-tokens", int, "max_prompt_tokens", "longest prompt, in tokens"),
         ("--max-tokens", int, "max_tokens", "largest max_tokens a request may ask for"),
         ("--deadline", float, "deadline_s", "seconds of generation per request"),
@@ -128,7 +128,7 @@ def check_can_listen(host: str, port: int) -> None:
 
 def settings_from(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings(
-        slots=args.slots,
+        max_batch=args.max_batch,
         queue=args.queue,
         max_prompt_tokens=args.max_prompt_tokens,
         max_tokens=args.max_tokens,

@@ -11,8 +11,8 @@ from tinygpt.errors import UserError
 class ServeSettings:
     """The server's guards; every one has a command-line flag (`tinygpt serve --help`)."""
 
-    slots: int = 2  # requests generating at once
-    queue: int = 8  # requests waiting for a slot; more get 429
+    max_batch: int = 16  # rows (choices of requests) decoded together, one step for all
+    queue: int = 8  # requests waiting for room in the batch; more get 429
     max_prompt_tokens: int = 2048
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
     deadline_s: float = 60.0  # a request's generation ends here, finish_reason "length"
@@ -22,7 +22,7 @@ class ServeSettings:
     log_prompts: bool = False  # the access log shows prompts' text (they may be private)
 
     def __post_init__(self) -> None:
-        for name in ("slots", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
+        for name in ("max_batch", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.queue < 0:
