@@ -1,13 +1,15 @@
-"""Load on `tinygpt serve`: concurrent streaming clients on loopback.
+"""Load on `tinygpt serve`: concurrent streaming clients on loopback, batched or not.
 
-    python benchmarks/serve_load.py RUN_DIR [--clients 1 4 16] [--requests 32]
-                                            [--max-tokens 100] [--slots 2] [--queue 8]
+    python benchmarks/serve_load.py RUN_DIR [--max-batch 1 16] [--clients 1 4 16 32]
+                                    [--requests 64] [--max-tokens 100] [--queue 32]
 
-Starts the server as its own process (the command users run), then for each number of
-clients sends `--requests` streaming completions (each client one at a time, in turn) and
-prints requests/s, generated tokens/s, time to first token and total latency (p50, p99),
-the number of 429 answers, and /health's latency polled every 50 ms during the run. The
-server's resident memory is read before the first run and after the last (/proc, Linux).
+For each `--max-batch` (1: each request decoded alone, the path before batching) it starts
+the server as its own process (the command users run), then for each number of clients
+sends `--requests` streaming completions (each client one at a time, in turn) and prints
+requests/s, generated tokens/s, time to first token and total latency (p50, p99), the
+number of 429 answers, and /health's latency polled every 50 ms during the run. The
+server's resident memory is read before its first run and after its last (/proc, Linux).
+The last lines compare each batched server's tokens/s with the first server's.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def one_request(url: str, max_tokens: int, seed: int) -> dict:
     return {"ttft": first, "total": time.perf_counter() - start, "tokens": tokens}
 
 
-def load(url: str, clients: int, requests: int, max_tokens: int) -> None:
+def load(url: str, clients: int, requests: int, max_tokens: int) -> float:
     results: list[dict] = []
     health: list[float] = []
     done = threading.Event()
@@ -112,44 +114,60 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> None:
         f"tokens/s; ttft p50 {statistics.median(ttft):6.1f} ms p99 {percentile(ttft, 0.99):6.1f}"
         f" ms; total p50 {statistics.median(total):7.1f} ms p99 {percentile(total, 0.99):7.1f} "
         f"ms; 429s {rejected}; /health p50 {statistics.median(health) * 1000:.1f} ms "
-        f"max {max(health) * 1000:.1f} ms",
+        f"max {max(health) * 1000:.1f} ms; server's first token p50 "
+        f"{httpx.get(f'{url}/metrics').json()['first_token_ms_p50']:.1f} ms",
         flush=True,
     )
+    return tokens / elapsed
+
+
+def serve(run_dir: Path, max_batch: int, queue: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "tinygpt", "serve", str(run_dir), "--port", str(port)]
+    command += ["--max-batch", str(max_batch), "--queue", str(queue), "--quiet"]
+    server = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/health")
+            return server, url
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
+    parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=100)
-    parser.add_argument("--slots", type=int, default=2)
-    parser.add_argument("--queue", type=int, default=8)
+    parser.add_argument("--queue", type=int, default=32)
     args = parser.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tinygpt", "serve", str(args.run_dir), "--port", str(port)]
-    command += ["--slots", str(args.slots), "--queue", str(args.queue)]
-    server = subprocess.Popen(command, env=os.environ.copy())
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/health")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
-        print(f"cpu: {cpu_description()}; slots {args.slots}, queue {args.queue}")
-        one_request(url, args.max_tokens, seed=0)  # warm-up
-        before = rss_mb(server.pid)
-        for clients in args.clients:
-            load(url, clients, args.requests, args.max_tokens)
-        after = rss_mb(server.pid)
-        print(f"server memory: {before:.0f} MB before, {after:.0f} MB after")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    print(f"cpu: {cpu_description()}; queue {args.queue}; {args.requests} requests of "
+          f"{args.max_tokens} tokens per line")  # fmt: skip
+    rates: dict[int, list[float]] = {}
+    for max_batch in args.max_batch:
+        server, url = serve(args.run_dir, max_batch, args.queue)
+        try:
+            print(f"--max-batch {max_batch}")
+            one_request(url, args.max_tokens, seed=0)  # warm-up
+            before = rss_mb(server.pid)
+            rates[max_batch] = [
+                load(url, clients, args.requests, args.max_tokens) for clients in args.clients
+            ]
+            after = rss_mb(server.pid)
+            print(f"server memory: {before:.0f} MB before, {after:.0f} MB after", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    first, *others = args.max_batch
+    for max_batch in others:
+        ratios = [f"{c} clients {b / a:.2f}x" for c, a, b in
+                  zip(args.clients, rates[first], rates[max_batch], strict=True)]  # fmt: skip
+        print(f"tokens/s of --max-batch {max_batch} over {first}: {', '.join(ratios)}")
 
 
 if __name__ == "__main__":

@@ -44,13 +44,13 @@ def test_the_playground_streams_and_stops(run_dir: Path, tmp_path: Path) -> None
         page.fill("#seed", "5")
         page.click("#generate")
         page.wait_for_function("Number(document.getElementById('output').dataset.pieces) >= 2")
-        assert metrics(url)["active"] == 1
+        assert metrics(url)["active_rows"] == 1
         text = page.inner_text("#output")
         assert text.startswith("ROMEO:") and len(text) > len("ROMEO:")
         page.click("#stop")
         page.wait_for_function("document.getElementById('stats').textContent === 'stopped'")
         deadline = time.monotonic() + 2
-        while metrics(url)["active"]:
+        while metrics(url)["active_rows"]:
             assert time.monotonic() < deadline, "the server still generates after Stop"
             time.sleep(0.02)
         page.fill("#max_tokens", "50")

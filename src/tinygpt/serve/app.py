@@ -119,7 +119,7 @@ async def read_body(request: Request, cap: int) -> bytes:
 
 
 async def whole(engine: Engine, plan: Plan) -> WholeCompletion:
-    future = await engine.start(plan, lambda event: None)  # a 429 is raised here
+    future = await engine.start(plan, lambda events: None)  # a 429 is raised here
     return WholeCompletion(engine, plan, future)
 
 
@@ -155,13 +155,13 @@ async def stream(engine: Engine, plan: Plan, include_usage: bool) -> StreamingRe
     """Server-sent events: a chunk per piece of text, the last of each choice carrying its
     finish_reason, the usage chunk if asked for, then [DONE]."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Event | None] = asyncio.Queue()
+    steps: asyncio.Queue[list[Event] | None] = asyncio.Queue()
 
-    def on_event(event: Event) -> None:  # called on the worker thread
-        loop.call_soon_threadsafe(events.put_nowait, event)
+    def on_events(events: list[Event]) -> None:  # called on the decoding thread, once a step
+        loop.call_soon_threadsafe(steps.put_nowait, events)
 
-    future = await engine.start(plan, on_event)
-    future.add_done_callback(lambda _: events.put_nowait(None))
+    future = await engine.start(plan, on_events)
+    future.add_done_callback(lambda _: steps.put_nowait(None))
     request_id = protocol.completion_id()
 
     def chunk(index: int, text: str, finish: str | None) -> bytes:
@@ -169,14 +169,26 @@ async def stream(engine: Engine, plan: Plan, include_usage: bool) -> StreamingRe
             protocol.envelope(request_id, engine.name, [protocol.choice(index, text, finish)])
         )
 
+    async def arrived() -> list[Event] | None:
+        """The events of every step since the last call (None: the request is over): under
+        load a chunk carries the text of several steps, not one event per token."""
+        events = await steps.get()
+        while events is not None and not steps.empty():
+            more = steps.get_nowait()
+            events = None if more is None else events + more
+        return events
+
     async def body() -> AsyncIterator[bytes]:
-        held: dict[int, str] = {}  # each choice's newest piece, sent when the next comes
+        held: dict[int, str] = {}  # each choice's newest text, sent when more comes
         try:
-            while (event := await events.get()) is not None:
-                index, text, finish = event
-                if finish:
-                    yield chunk(index, held.pop(index, ""), finish)
-                else:
+            while (events := await arrived()) is not None:
+                fresh: dict[int, str] = {}
+                for index, text, finish in events:
+                    if finish:
+                        yield chunk(index, held.pop(index, "") + fresh.pop(index, ""), finish)
+                    else:
+                        fresh[index] = fresh.get(index, "") + text
+                for index, text in fresh.items():
                     if index in held:
                         yield chunk(index, held[index], None)
                     held[index] = text

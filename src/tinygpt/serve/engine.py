@@ -58,8 +58,10 @@ class ChoiceState:
     finish_reason: str | None = None
 
 
-# (choice index, text, finish_reason or None), sent from the decoding thread as text comes
+# (choice index, text, finish_reason or None): what a step adds to a choice. The decoding
+# thread hands a request its events once a step, as a list.
 Event = tuple[int, str, str | None]
+Listener = Callable[[list[Event]], None]
 
 
 @dataclass
@@ -146,11 +148,12 @@ class Job:
     """A request in the batch: its rows, and where its text goes."""
 
     plan: Plan
-    on_event: Callable[[Event], None]
+    on_events: Listener
     future: Future
     arrived: float
     groups: list[Group] = field(default_factory=list)
     first_token_ms: float | None = None
+    events: list[Event] = field(default_factory=list)  # this step's, not yet handed on
 
     @property
     def rows(self) -> list[Row]:
@@ -165,10 +168,15 @@ class Job:
         row.choice.tokens = piece.tokens
         if piece.text:
             row.choice.text += piece.text
-            self.on_event((row.choice.index, piece.text, None))
+            self.events.append((row.choice.index, piece.text, None))
         if piece.finish is not None:
             row.done, row.choice.finish_reason = True, piece.finish
-            self.on_event((row.choice.index, "", piece.finish))
+            self.events.append((row.choice.index, "", piece.finish))
+
+    def hand_on(self) -> None:
+        if self.events:
+            self.on_events(self.events)
+            self.events = []
 
 
 class Engine:
@@ -248,10 +256,10 @@ class Engine:
             choices=[ChoiceState(i) for i in range(count)],
         )
 
-    async def start(self, plan: Plan, on_event: Callable[[Event], None]) -> asyncio.Future:
+    async def start(self, plan: Plan, on_events: Listener) -> asyncio.Future:
         """Queue the request (429 when the batch and the queue are full); the future is
         done when its last row has left the batch."""
-        job = Job(plan, on_event, Future(), time.monotonic())
+        job = Job(plan, on_events, Future(), time.monotonic())
         with self.wakeup:
             self.waiting = deque(j for j in self.waiting if not j.plan.cancel.is_set())
             rows = sum(j.width for j in (*self.jobs, *self.waiting)) + job.width
@@ -369,6 +377,7 @@ class Engine:
                 for row in job.rows:
                     if not row.done:
                         job.emit(row, row.text.end())
+            job.hand_on()
         self.metrics.step(drawn)
         self._leave()
         self._read_tokens()
