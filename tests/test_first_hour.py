@@ -343,3 +343,25 @@ def test_the_suite_finds_its_corpus_or_stops_at_once(shakespeare_path, tmp_path)
     shutil.copy(shakespeare_path, cached / "input.txt")
     result, _ = run_suite_copy(tmp_path / "c")
     assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout
+
+
+def test_the_summary_prints_paths_and_commands_whole_at_any_width(
+    shakespeare, tmp_path: Path
+) -> None:
+    """At 60 columns and at 200 the summary is the same text: a path or a command is never
+    cut over lines, so each can be copied as it stands."""
+    out = tmp_path / "a-run-folder-with-a-name-long-enough-to-pass-sixty-columns" / "r"
+    printed = {}
+    for columns in (60, 200):
+        result = subprocess.run(
+            tinygpt("train", "--preset", "bigram", "--steps", "10", "--train.eval_interval",
+                    "10", "--train.sample_tokens", "0", "--out", out, "--overwrite"),
+            capture_output=True, text=True, env={**os.environ, "COLUMNS": str(columns)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        printed[columns] = result.stdout
+    assert printed[60] == printed[200]
+    lines = printed[60].splitlines()
+    assert f"run directory: {out}" in lines and f"full config: {out / 'config.json'}" in lines
+    assert f"saved in {out}" in lines and f"sample with: tinygpt sample {out}" in lines
+    assert len(str(out)) > 60

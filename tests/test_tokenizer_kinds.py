@@ -4,6 +4,7 @@ ids, a trained BPE that is saved and trained again the same, and streamed decodi
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ from tinygpt.tokenizers import (
     tokenizer_from_dict,
 )
 from tinygpt.tokenizers.bpe import default_vocab_size
+
+from .conftest import tinygpt
 
 MIXED = "Hello NanoGPT! 床前明月光，疑是地上霜。 naïve café 👋🏽 🇫🇷 e\u0301 \t\n\n  x"
 ANY_TEXT = st.text(max_size=60)  # any code points but surrogates: Chinese, emoji, controls
@@ -203,5 +206,16 @@ def test_the_byte_tokenizer_trains_on_any_bytes_and_samples_them_escaped(
     assert code == 0, err
     code, out, _ = cli("sample", run, "--max-new-tokens", "300", "--seed", "1")
     assert code == 0 and "\\x" in out and "\ufffd" not in out  # invalid bytes shown escaped
+    # --raw: the same sample as the bytes themselves, on stdout and in --output
+    result = subprocess.run(
+        tinygpt("sample", run, "--max-new-tokens", "300", "--seed", "1", "--raw",
+                "--output", tmp_path / "raw.bin"),
+        capture_output=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    raw = result.stdout
+    assert raw.decode("utf-8", errors="backslashreplace") == out
+    assert raw != raw.decode("utf-8", errors="replace").encode()  # bytes that are not UTF-8
+    assert (tmp_path / "raw.bin").read_bytes() == raw
     code, _, err = cli("train", "--preset", "bigram", "--data", corpus, "--out", tmp_path / "c")
     assert code == 2 and "is not UTF-8 text (byte 0x" in err

@@ -202,14 +202,17 @@ def stream_texts(
     block_size: int,
     sampling: SampleConfig,
     stops: Sequence[str] = (),
+    *,
+    raw: bool = False,
 ) -> Iterator[tuple[int, str]]:
-    """(sample index, text) pieces as they are generated, each cut at its first stop string.
+    """(sample index, text) pieces as they are generated, each cut at its first stop string
+    (`raw`: as decode_rows).
 
     The settings are checked here, before the first token is asked for.
     """
     device = next(model.parameters()).device
     idx = torch.tensor([list(ids)] * sampling.num_samples, dtype=torch.long, device=device)
-    pieces = decode_rows(generate(model, idx, block_size, sampling), tokenizer, stops)
+    pieces = decode_rows(generate(model, idx, block_size, sampling), tokenizer, stops, raw)
     return ((piece.row, piece.text) for piece in pieces if piece.text)
 
 
@@ -224,26 +227,33 @@ class Piece:
 
 
 def decode_rows(
-    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stops: Sequence[str] = ()
+    tokens: Iterator[torch.Tensor],
+    tokenizer: Tokenizer,
+    stops: Sequence[str] = (),
+    raw: bool = False,
 ) -> Iterator[Piece]:
     """(B,) token ids a step -> each row's text as it comes, cut at its first stop string:
     the one path from tokens to text, for `tinygpt sample` and `tinygpt serve` alike.
 
     A character split over tokens waits for its last byte. A row's last piece says why it
     ended; a row that ended yields nothing more, and the stream ends when every row has.
-    The stop strings are checked here, before the first token is asked for.
+    The stop strings are checked here, before the first token is asked for. `raw`: bytes
+    that are not UTF-8 come as surrogate escapes (`text.encode("utf-8", "surrogateescape")`
+    gives them back), not escaped for reading.
     """
     StopScanner(stops)  # a bad stop string fails now, not at the first token
-    return _decoded(tokens, tokenizer, stops)
+    return _decoded(tokens, tokenizer, stops, raw)
 
 
 class RowText:
     """One row's text as its tokens come: a character split over tokens waits for its last
     byte, and the text ends at the first stop string."""
 
-    def __init__(self, row: int, tokenizer: Tokenizer, stops: Sequence[str]) -> None:
+    def __init__(
+        self, row: int, tokenizer: Tokenizer, stops: Sequence[str], raw: bool = False
+    ) -> None:
         self.row = row
-        self.decoder = TextDecoder(tokenizer)
+        self.decoder = TextDecoder(tokenizer, raw)
         self.scanner = StopScanner(stops)
         self.tokens = 0  # read so far
 
@@ -268,13 +278,13 @@ class RowText:
 
 
 def _decoded(
-    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stops: Sequence[str]
+    tokens: Iterator[torch.Tensor], tokenizer: Tokenizer, stops: Sequence[str], raw: bool
 ) -> Iterator[Piece]:
     rows: list[RowText] = []
     for token in tokens:
         ids = token.tolist()
         if not rows:  # the batch's size is the first step's
-            rows = [RowText(i, tokenizer, stops) for i in range(len(ids))]
+            rows = [RowText(i, tokenizer, stops, raw) for i in range(len(ids))]
         for row, t in zip(rows, ids, strict=True):
             if not row.stopped and (piece := row.feed(t)) is not None:
                 yield piece
@@ -323,16 +333,24 @@ class Samples:
 
 
 def sample(
-    checkpoint: Checkpoint, prompt: str, sampling: SampleConfig, stops: Sequence[str] = ()
+    checkpoint: Checkpoint,
+    prompt: str,
+    sampling: SampleConfig,
+    stops: Sequence[str] = (),
+    *,
+    raw: bool = False,
 ) -> Samples:
     """Samples continuing `prompt` from a loaded checkpoint, with the weights in the dtype
-    asked for: what the command line (and any other front end) asks for text."""
+    asked for: what the command line (and any other front end) asks for text. `raw`: bytes
+    that are not UTF-8 come as surrogate escapes, for writing as the bytes themselves."""
     model = checkpoint.model.to(getattr(torch, sampling.dtype))
     if sampling.dtype == "bfloat16":
         warn_if_bf16_is_slow(next(model.parameters()).device, "sampling")
     block_size = checkpoint.config.model.block_size
     encoded = encode_prompt(checkpoint.tokenizer, prompt, block_size)
-    pieces = stream_texts(model, checkpoint.tokenizer, encoded.ids, block_size, sampling, stops)
+    pieces = stream_texts(
+        model, checkpoint.tokenizer, encoded.ids, block_size, sampling, stops, raw=raw
+    )
     return Samples(prompt, sampling.num_samples, pieces, encoded.was_cut)
 
 

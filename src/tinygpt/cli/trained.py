@@ -52,6 +52,12 @@ def add_sample_command(commands: Any) -> None:
         r"\n, \t, \r and \\ stand for a newline, a tab, a carriage return, a backslash)",
     )
     sample.add_argument("--output", type=Path, metavar="FILE", help="also write the text to FILE")
+    sample.add_argument(
+        "--raw",
+        action="store_true",
+        help="write bytes that are not UTF-8 as they are (default: escaped, as \\xe4), for "
+        "a byte model of a binary file",
+    )
 
 
 def add_eval_command(commands: Any) -> None:
@@ -148,19 +154,32 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.output is not None:
         check_writable(args.output)  # before generating, not after
     checkpoint = load_checkpoint(args.run_dir)
-    samples = sample(checkpoint, prompt, sampling, args.stop)
+    samples = sample(checkpoint, prompt, sampling, args.stop, raw=args.raw)
     if samples.prompt_was_cut:
         note_cut_prompt(checkpoint.config.model.block_size)
+    show = write_raw if args.raw else write_shown
     if sampling.num_samples == 1:  # one sample streams as it is written
-        sys.stdout.write(prompt)
-        texts = samples.texts(on_piece=lambda _, piece: print(piece, end="", flush=True))
-        sys.stdout.write("\n")
+        show(prompt)
+        texts = samples.texts(on_piece=lambda _, piece: show(piece))
+        show("\n")
     else:
         texts = samples.texts()
-        sys.stdout.write(join_samples(texts))
+        show(join_samples(texts))
     if args.output is not None:
-        write_text(args.output, join_samples(texts))
+        write_text(args.output, join_samples(texts), raw=args.raw)
         print_written(args.output, out=sys.stderr)  # stdout holds the samples themselves
+
+
+def write_shown(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def write_raw(text: str) -> None:
+    """Text whose surrogate escapes stand for bytes that are not UTF-8: those bytes."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8", errors="surrogateescape"))
+    sys.stdout.buffer.flush()
 
 
 def read_prompt(path: Path) -> str:
@@ -172,9 +191,10 @@ def read_prompt(path: Path) -> str:
         raise UserError(f"cannot read prompt file {path}: {exc}") from None
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str, raw: bool = False) -> None:
+    """`raw`: the text's surrogate escapes written as the bytes they stand for."""
     try:
-        path.write_text(text, encoding="utf-8")
+        path.write_text(text, encoding="utf-8", errors="surrogateescape" if raw else "strict")
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}") from None
 

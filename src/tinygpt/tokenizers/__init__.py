@@ -126,9 +126,11 @@ class TextDecoder:
     character wait for the rest of it, so valid output never shows U+FFFD; bytes that are not
     UTF-8 at all (a byte model of a binary file) show escaped, as `\\xe4`."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, raw: bool = False) -> None:
         self.tokenizer = tokenizer
-        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+        # raw: bytes that are not UTF-8 as surrogate escapes, which encode back into them
+        errors = "surrogateescape" if raw else "backslashreplace"
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors=errors)
 
     def feed(self, token: int) -> str:
         return self.utf8.decode(self.tokenizer.decode_bytes([token]))
