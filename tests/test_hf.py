@@ -104,24 +104,84 @@ def test_export_matches_transformers(
     assert_same_model(ours.model, model, batch_of(ids), ours.tokenizer.eot_id)
 
 
-@pytest.mark.parametrize(
-    ("switches", "named"),
-    [
-        ({"rotary": True}, "model.rotary"),
-        ({"norm": "rmsnorm", "qk_norm": True}, "model.norm = 'rmsnorm'"),
-        ({"value_embeds": True, "logit_softcap": 15.0}, "model.logit_softcap"),
-        ({"smear": 3, "ngram": 3}, "model.ngram = 3"),
-    ],
-)
-def test_export_refuses_what_gpt2_cannot_hold(
-    switches: dict, named: str, small_corpus: Path, tmp_path: Path, cli
+# every preset that trains a GPT GPT-2 has no place for, and each tokenizer kind
+CARRIED = [
+    ("cpu-fast", "char"),
+    ("cpu-fast", "byte"),
+    ("cpu-5min", "char"),
+    ("cpu-10min", "char"),
+    ("cpu-bpe", "bpe"),
+    ("gpu-fast", "char"),
+]
+FEW_STEPS = (
+    "--steps", "3", "--train.batch_size", "2", "--train.eval_interval", "3",
+    "--train.eval_batches", "1", "--train.whole_val", "false", "--train.sample_tokens", "0",
+)  # fmt: skip
+
+# run in a process that cannot import tinygpt: what a user of the folder has
+LOADER = """
+import json, sys
+sys.modules["tinygpt"] = None
+import torch, transformers
+asked = json.loads(sys.stdin.read())
+auto = transformers.AutoModelForCausalLM
+model = auto.from_pretrained(asked["folder"], trust_remote_code=True).eval()
+tokenizer = transformers.AutoTokenizer.from_pretrained(asked["folder"], trust_remote_code=True)
+batch, prompt = torch.tensor(asked["batch"]), torch.tensor([asked["prompt"]])
+model.save_pretrained(asked["again"])
+tokenizer.save_pretrained(asked["again"])
+reloaded = auto.from_pretrained(asked["again"], trust_remote_code=True).eval()
+with torch.no_grad():
+    torch.save({"logits": model(batch).logits, "again": reloaded(batch).logits}, asked["out"])
+greedy = model.generate(prompt, max_new_tokens=100, do_sample=False)[0, prompt.size(1) :]
+ids = tokenizer(asked["text"])["input_ids"]
+print(json.dumps({"class": type(model).__name__, "greedy": greedy.tolist(), "ids": ids,
+                  "text": tokenizer.decode(ids)}))
+"""
+
+
+@pytest.mark.parametrize(("preset", "kind"), CARRIED, ids=lambda v: v)
+def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
+    preset: str, kind: str, shakespeare_path: Path, shakespeare, tmp_path: Path, cli
 ) -> None:
-    run = tiny_run(small_corpus, tmp_path / "run", **switches)
+    run = tmp_path / "run"
+    code, _, err = cli("train", "--preset", preset, "--data.tokenizer", kind, *FEW_STEPS,
+                       "--out", run)  # fmt: skip
+    assert code == 0, err
+    code, printed, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
+    assert code == 0, err
+    assert "trust_remote_code=True" in printed and "the window slides" in printed
+    assert (tmp_path / "hf" / "modeling_tinygpt.py").is_file()
+    ours = load_checkpoint(run)
+    text = shakespeare_path.read_text(encoding="utf-8")[:3000]
+    ids = ours.tokenizer.encode(text)
+    batch, prompt = batch_of(ids, rows=2, length=48), ids[:8]
+    asked = {
+        "folder": str(tmp_path / "hf"), "again": str(tmp_path / "again"), "text": text,
+        "batch": batch.tolist(), "prompt": prompt, "out": str(tmp_path / "logits.pt"),
+    }  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER], input=json.dumps(asked), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    theirs = json.loads(done.stdout)
+    assert theirs["class"] == "TinyGPTForCausalLM"
+    assert theirs["ids"] == ids and theirs["text"] == text
+    with torch.no_grad():
+        logits, _ = ours.model.eval()(batch)
+    loaded = torch.load(tmp_path / "logits.pt")
+    torch.testing.assert_close(loaded["logits"], logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(loaded["again"], loaded["logits"])  # save_pretrained keeps it
+    block = ours.config.model.block_size
+    expected = greedy(ours.model, torch.tensor([prompt]), block, 100)  # past 64: it slides
+    assert theirs["greedy"] == up_to_end(expected, ours.tokenizer.eot_id)
+
+
+def test_the_lecture_models_do_not_export_yet(small_corpus: Path, tmp_path: Path, cli) -> None:
+    run = tiny_run(small_corpus, tmp_path / "run", arch="lecture")
     code, _, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
-    assert code == 2
-    assert named in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "only GPT models" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "hf").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]
 
 
 def test_export_refuses_a_bigram(small_corpus: Path, tmp_path: Path, cli) -> None:
@@ -343,3 +403,26 @@ def test_the_export_carries_a_model_card_whose_example_runs_quietly_without_tiny
     assert done.stdout.startswith("ROMEO:") and len(done.stdout) > len("ROMEO:") + 5
     said = [line for line in done.stderr.splitlines() if "Loading weights" not in line]
     assert not [line for line in said if line.strip()], said  # no warning at all
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [{}, {"rotary": True, "norm": "rmsnorm", "smear": 3, "ngram": 3, "tie_weights": False}],
+    ids=["gpt2-shaped", "with-its-code"],
+)
+def test_what_tinygpt_exports_it_imports_back(
+    switches: dict, small_corpus: Path, tmp_path: Path, cli
+) -> None:
+    """Out and back in: the imported run has the same config, tokenizer and logits."""
+    run = tiny_run(small_corpus, tmp_path / "run", **switches)
+    assert cli("export", run, "--to", "hf", "--out", tmp_path / "hf")[0] == 0
+    code, _, err = cli("import", "hf", tmp_path / "hf", "--out", tmp_path / "back")
+    assert code == 0, err
+    ours, back = load_checkpoint(run), load_checkpoint(tmp_path / "back")
+    assert back.config.model == ours.config.model and back.config.data == ours.config.data
+    assert back.tokenizer.to_dict() == ours.tokenizer.to_dict()
+    batch = batch_of(ours.tokenizer.encode(small_corpus.read_text(encoding="utf-8")[:500]))
+    with torch.no_grad():
+        torch.testing.assert_close(back.model.eval()(batch)[0], ours.model.eval()(batch)[0])
+    code, out, err = cli("sample", tmp_path / "back", "--max-new-tokens", "20", "--seed", "3")
+    assert code == 0 and out == cli("sample", run, "--max-new-tokens", "20", "--seed", "3")[1]

@@ -1,11 +1,12 @@
-"""Hugging Face interop: a run leaves as a `transformers` GPT-2 folder, and a GPT-2-family
-folder comes in as a run (extra `hf`: `pip install 'tinygpt[hf]'`).
+"""Hugging Face interop: a run leaves as a `transformers` folder, and comes back; a
+GPT-2-family folder comes in as a run (extra `hf`: `pip install 'tinygpt[hf]'`).
 
-tinygpt's GPT keeps GPT-2's module names, so the mapping is by name, with two differences:
-GPT-2 calls the blocks `transformer.h` and stores its projections as Conv1D, whose weights
-are the transpose of a Linear's. A run without biases exports zeros where GPT-2 has them
-(the same function). A switch GPT-2 has no equivalent for (rotary, RMSNorm, ...) stops the
-export with one line naming it.
+A GPT-2-shaped GPT leaves as transformers' own GPT2LMHeadModel: tinygpt's GPT keeps GPT-2's
+module names, so the mapping is by name, with two differences: GPT-2 calls the blocks
+`transformer.h` and stores its projections as Conv1D, whose weights are the transpose of a
+Linear's; a run without biases exports zeros where GPT-2 has them (the same function). Any
+other GPT (rotary, RMSNorm, ...) leaves with its own modelling code (hf_code/), under
+tinygpt's own parameter names.
 """
 
 from __future__ import annotations
@@ -14,20 +15,30 @@ import base64
 import hashlib
 import json
 import shutil
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from tinygpt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from tinygpt.config import Activation, DataConfig, ModelConfig, RunConfig, TrainConfig
+from tinygpt.config import (
+    Activation,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from tinygpt.errors import UserError, first_line
 from tinygpt.files import temp_dir, temp_file
+from tinygpt.generate import window_keep
 from tinygpt.models import build_model
 from tinygpt.rundir import RunDir, check_run_dir, step_folder, writing
-from tinygpt.tokenizers import END_OF_TEXT, Gpt2Tokenizer, Tokenizer
+from tinygpt.tokenizers import END_OF_TEXT, Gpt2Tokenizer, Tokenizer, tokenizer_from_dict
 from tinygpt.tokenizers.bpe import byte_to_symbol
 from tinygpt.tokenizers.gpt2 import RANKS_SHA256, cached_ranks_path, find_ranks, install_ranks
 
@@ -70,22 +81,21 @@ def require_transformers() -> Any:
 # ---------------------------------------------------------------- export
 
 
-def gpt2_config(model: ModelConfig, tokenizer: Tokenizer) -> Any:
-    """transformers' GPT2Config for a tinygpt GPT, or one line naming what does not map."""
-    transformers = require_transformers()
-    if model.arch != "gpt":
-        raise UserError(f"only GPT models export to transformers (this one is {model.arch})")
+def unmappable(model: ModelConfig) -> list[str]:
+    """The switches of a GPT that GPT-2 has no place for, each with why ([]: GPT-2-shaped)."""
     defaults = ModelConfig()
-    unmappable = [
+    return [
         f"model.{name} = {getattr(model, name)!r} ({why})"
         for name, why in UNMAPPABLE.items()
         if getattr(model, name) != getattr(defaults, name)
     ]
-    if unmappable:
-        raise UserError(
-            f"cannot export to transformers' GPT-2: {'; '.join(unmappable)}; GPT-2-shaped runs "
-            "export (learned positions, LayerNorm, gelu/relu/relu2, biases or none, tied or not)"
-        )
+
+
+def gpt2_config(model: ModelConfig, tokenizer: Tokenizer) -> Any:
+    """transformers' GPT2Config for a GPT-2-shaped tinygpt GPT."""
+    transformers = require_transformers()
+    if missing := unmappable(model):
+        raise UserError(f"cannot export to transformers' GPT-2: {'; '.join(missing)}")
     eot = tokenizer.eot_id
     return transformers.GPT2Config(
         vocab_size=tokenizer.vocab_size,
@@ -128,27 +138,93 @@ def gpt2_name(name: str) -> str:
 def export_run(run_dir: Path, out: Path) -> Path:
     """Write a run's newest checkpoint as a folder that `transformers` loads offline:
     config.json, model.safetensors, generation_config.json, the tokenizer, and a model card
-    (README.md) that says what the model is and how to call it."""
+    (README.md) that says what the model is and how to call it. A GPT-2-shaped GPT becomes
+    transformers' own GPT2LMHeadModel; any other GPT carries its code (hf_code/), loaded
+    with `trust_remote_code=True`."""
     transformers = require_transformers()
     _check_empty(out, "export")
     checkpoint = load_checkpoint(run_dir)
-    config = gpt2_config(checkpoint.config.model, checkpoint.tokenizer)
-    model = transformers.GPT2LMHeadModel(config)
-    model.load_state_dict(to_gpt2_weights(checkpoint.model), strict=True)
+    if checkpoint.config.model.arch != "gpt":
+        raise UserError(
+            f"only GPT models export to transformers (this one is {checkpoint.config.model.arch})"
+        )
+    stock = not unmappable(checkpoint.config.model)
+    model = gpt2_model(checkpoint) if stock else custom_model(checkpoint)
+    config = model.config
     model.generation_config = generation_config(transformers, config)
-    tokenizer = hf_tokenizer(transformers, checkpoint.tokenizer, config.n_positions)
+    model.generation_config.use_cache = stock  # the carried code reads each window afresh
+    tokenizer = hf_tokenizer(transformers, checkpoint.tokenizer, context_of(config))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_dir(out.parent, f".{out.name}.tmp-")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / MODEL_CARD).write_text(model_card(checkpoint, out, config), encoding="utf-8")
+        if not stock:
+            code = resources.files("tinygpt.hf_code")
+            for name in CUSTOM_CODE:
+                (tmp / name).write_text(code.joinpath(name).read_text(encoding="utf-8"))
+        own = {"config": checkpoint.config.to_dict(), "tokenizer": checkpoint.tokenizer.to_dict()}
+        (tmp / OWN_DESCRIPTION).write_text(json.dumps(own, indent=1), encoding="utf-8")
+        card = model_card(checkpoint, out, context_of(config), stock=stock)
+        (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
         if out.exists():
             out.rmdir()  # empty, checked above
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def gpt2_model(checkpoint: Checkpoint) -> Any:
+    transformers = require_transformers()
+    config = gpt2_config(checkpoint.config.model, checkpoint.tokenizer)
+    model = transformers.GPT2LMHeadModel(config)
+    model.load_state_dict(to_gpt2_weights(checkpoint.model), strict=True)
+    return model
+
+
+# the files of the code a folder carries, and the classes transformers finds in them
+CUSTOM_CODE = ("configuration_tinygpt.py", "modeling_tinygpt.py")
+AUTO_MAP = {
+    "AutoConfig": "configuration_tinygpt.TinyGPTConfig",
+    "AutoModelForCausalLM": "modeling_tinygpt.TinyGPTForCausalLM",
+}
+CUSTOM_FIELDS = (
+    "block_size", "n_layer", "n_head", "n_embd", "bias", "rotary", "norm", "qk_norm",
+    "activation", "tie_weights", "embed_skip", "value_embeds", "smear", "ngram",
+    "logit_softcap",
+)  # fmt: skip
+
+
+def custom_model(checkpoint: Checkpoint) -> Any:
+    """A GPT with switches GPT-2 lacks, as the model of hf_code/: the same parameter
+    names, so its weights load as they are (a tied head reads the embedding itself)."""
+    require_transformers()
+    from tinygpt.hf_code.configuration_tinygpt import TinyGPTConfig
+    from tinygpt.hf_code.modeling_tinygpt import TinyGPTForCausalLM
+
+    model_config = checkpoint.config.model
+    eot = checkpoint.tokenizer.eot_id
+    config = TinyGPTConfig(
+        vocab_size=checkpoint.tokenizer.vocab_size,
+        window_keep=window_keep(model_config.block_size, SampleConfig.window),
+        auto_map=AUTO_MAP,
+        architectures=["TinyGPTForCausalLM"],
+        bos_token_id=eot,
+        eos_token_id=eot,
+        **{name: getattr(model_config, name) for name in CUSTOM_FIELDS},
+    )
+    model = TinyGPTForCausalLM(config)
+    weights = {k: v.float() for k, v in checkpoint.model.state_dict().items()}
+    if model_config.tie_weights:
+        del weights["lm_head.weight"]  # the embedding itself
+    model.load_state_dict(weights, strict=True)
+    return model.eval()
+
+
+def context_of(config: Any) -> int:
+    """The tokens a model reads at once: GPT-2's n_positions, or tinygpt's block_size."""
+    return getattr(config, "n_positions", None) or config.block_size
 
 
 def generation_config(transformers: Any, config: Any) -> Any:
@@ -165,28 +241,47 @@ def generation_config(transformers: Any, config: Any) -> Any:
 
 
 MODEL_CARD = "README.md"
+# tinygpt's own description of an exported run (its config and tokenizer), which an import
+# of the folder reads back; transformers ignores it
+OWN_DESCRIPTION = "tinygpt.json"
 
 
-def model_card(checkpoint: Checkpoint, out: Path, config: Any) -> str:
+def model_card(checkpoint: Checkpoint, out: Path, context: int, *, stock: bool) -> str:
     """The exported folder's README.md: the YAML header a model hub reads, what the model
     is, how well it does, how much context it holds, and five lines that run it."""
     run = checkpoint.config
     metrics = checkpoint.metrics
     n_params = sum(p.numel() for p in checkpoint.model.parameters())
-    context = config.n_positions
     loss = metrics.get("whole_val_loss", metrics.get("val_loss"))
     bpb = metrics.get("whole_val_bpb", metrics.get("val_bpb"))
     score = (
         f"{loss:.4f} nats per token, {bpb:.4f} bits per byte" if loss and bpb else "not measured"
     )
     dataset = Path(run.data.dataset).name
-    new_tokens = max(1, min(100, context - 8))
+    new_tokens = max(1, min(100, context - 8)) if stock else 100
+    remote = "" if stock else ", trust_remote_code=True"
+    kind = (
+        "It loads as transformers' `GPT2LMHeadModel`, with no tinygpt code."
+        if stock
+        else "It carries its own modelling code (`modeling_tinygpt.py`, torch and transformers "
+        "only), which transformers runs with `trust_remote_code=True`; no tinygpt is needed."
+    )
+    if stock:
+        beyond = (
+            f"Keep the prompt's tokens plus `max_new_tokens` within {context}: past its context "
+            "the model has no position to read (`tinygpt sample` slides its window instead)."
+        )
+    else:
+        beyond = (
+            f"Past its {context} tokens of context the window slides as `tinygpt sample`'s "
+            "does: when it is full it keeps its last half and grows again."
+        )
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
 tags:
 - tinygpt
-- gpt2
+- {"gpt2" if stock else "custom_code"}
 - {run.data.tokenizer}-level
 datasets:
 - {dataset}
@@ -194,8 +289,7 @@ datasets:
 
 # {out.name}
 
-A small GPT trained from scratch with tinygpt. It loads as transformers' `GPT2LMHeadModel`,
-with no tinygpt code.
+A small GPT trained from scratch with tinygpt. {kind}
 
 - model: {checkpoint.model.describe()}; {n_params:,} parameters
 - tokenizer: `{run.data.tokenizer}`, {checkpoint.tokenizer.vocab_size:,} tokens
@@ -211,14 +305,13 @@ with no tinygpt code.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("{out}")
-tokenizer = AutoTokenizer.from_pretrained("{out}")
+model = AutoModelForCausalLM.from_pretrained("{out}"{remote})
+tokenizer = AutoTokenizer.from_pretrained("{out}"{remote})
 ids = tokenizer("ROMEO:", return_tensors="pt").input_ids
 print(tokenizer.decode(model.generate(ids, max_new_tokens={new_tokens})[0]))
 ```
 
-Keep the prompt's tokens plus `max_new_tokens` within {context}: past its context the model
-has no position to read (`tinygpt sample` slides its window instead).
+{beyond}
 """
 
 
@@ -291,15 +384,42 @@ def from_gpt2_weights(weights: dict[str, torch.Tensor], model: nn.Module) -> dic
 
 
 def import_folder(folder: Path, out: Path) -> Path:
-    """A GPT-2-family checkpoint folder (config.json and weights, GPT-2's tokenizer) as a
-    tinygpt run directory at step 0, which sample, eval and `train --init-from` accept."""
+    """A GPT-2-family checkpoint folder (config.json and weights, GPT-2's tokenizer), or a
+    folder tinygpt exported (either kind), as a tinygpt run directory at step 0, which
+    sample, eval and `train --init-from` accept."""
     transformers = require_transformers()
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (it has no config.json)")
     with writing(out):
         check_run_dir(out, overwrite=False)
-        _import_into(out, folder, transformers)
+        if (folder / OWN_DESCRIPTION).is_file():
+            _import_export(out, folder, transformers)
+        else:
+            _import_into(out, folder, transformers)
     return out
+
+
+def _import_export(out: Path, folder: Path, transformers: Any) -> None:
+    """A folder tinygpt exported: its config and tokenizer from tinygpt.json, its weights
+    from GPT-2's names (a stock folder) or as they are (a folder with its code)."""
+    try:
+        own = json.loads((folder / OWN_DESCRIPTION).read_text(encoding="utf-8"))
+        saved = RunConfig.from_dict({k: own["config"][k] for k in ("model", "data")})
+        tokenizer = tokenizer_from_dict(own["tokenizer"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read {folder / OWN_DESCRIPTION}: {first_line(exc)}") from None
+    model = build_model(saved.model, tokenizer.vocab_size)
+    if unmappable(saved.model):  # the folder carries its code: tinygpt's own names
+        weights = _loaded(folder, "weights", lambda f, **_: load_file(f / "model.safetensors"))
+        if saved.model.tie_weights:
+            weights["lm_head.weight"] = weights["wte.weight"]
+    else:
+        load = transformers.GPT2LMHeadModel.from_pretrained
+        hf_model = _loaded(folder, "weights", load, dtype=torch.float32)
+        weights = from_gpt2_weights(hf_model.state_dict(), model)
+    model.load_state_dict(weights)
+    config = RunConfig(data=saved.data, model=saved.model, train=TrainConfig(steps=1))
+    _write_run(out, config, tokenizer, model)
 
 
 def _import_into(out: Path, folder: Path, transformers: Any) -> None:

@@ -278,9 +278,14 @@ def run_export(args: argparse.Namespace) -> None:
 
     out = export_run(args.run_dir, args.out)
     print_written(out)
-    context = json.loads((out / "config.json").read_text(encoding="utf-8"))["n_positions"]
-    print(f"context: {context} tokens (a prompt and its new tokens must fit in them)")
-    print("load it with transformers.AutoModelForCausalLM.from_pretrained; its model card:")
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    if "auto_map" in config:  # the folder carries its own code
+        print(f"context: {config['block_size']} tokens (past it, the window slides as in sample)")
+        print("load it with transformers.AutoModelForCausalLM.from_pretrained(FOLDER, "
+              "trust_remote_code=True); its model card:")  # fmt: skip
+    else:
+        print(f"context: {config['n_positions']} tokens (a prompt and its new tokens must fit)")
+        print("load it with transformers.AutoModelForCausalLM.from_pretrained; its model card:")
     print(out / "README.md")
 
 
