@@ -112,6 +112,7 @@ CARRIED = [
     ("cpu-10min", "char"),
     ("cpu-bpe", "bpe"),
     ("gpu-fast", "char"),
+    ("cpu-fast", "gpt2"),
 ]
 FEW_STEPS = (
     "--steps", "3", "--train.batch_size", "2", "--train.eval_interval", "3",
@@ -142,11 +143,20 @@ print(json.dumps({"class": type(model).__name__, "greedy": greedy.tolist(), "ids
 
 @pytest.mark.parametrize(("preset", "kind"), CARRIED, ids=lambda v: v)
 def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
-    preset: str, kind: str, shakespeare_path: Path, shakespeare, tmp_path: Path, cli
+    preset: str,
+    kind: str,
+    shakespeare_path: Path,
+    shakespeare,
+    tmp_path: Path,
+    cli,
+    request: pytest.FixtureRequest,
 ) -> None:
     run = tmp_path / "run"
-    code, _, err = cli("train", "--preset", preset, "--data.tokenizer", kind, *FEW_STEPS,
-                       "--out", run)  # fmt: skip
+    ranks = ()
+    if kind == "gpt2":  # GPT-2's own ranks, given as a file (skipped where there are none)
+        ranks = ("--data.tokenizer_file", str(request.getfixturevalue("gpt2_ranks")))
+    code, _, err = cli("train", "--preset", preset, "--data.tokenizer", kind, *ranks,
+                       *FEW_STEPS, "--out", run)  # fmt: skip
     assert code == 0, err
     code, printed, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
     assert code == 0, err

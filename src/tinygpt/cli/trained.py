@@ -82,10 +82,14 @@ def add_eval_command(commands: Any) -> None:
 
 def add_interop_commands(commands: Any) -> None:
     export = commands.add_parser(
-        "export", help="a run as a Hugging Face transformers model folder", allow_abbrev=False
+        "export",
+        help="a run as a Hugging Face transformers folder (hf) or an ONNX graph (onnx)",
+        allow_abbrev=False,
     )
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run or checkpoint")
-    export.add_argument("--to", choices=("hf",), required=True, help="the format (hf)")
+    export.add_argument(
+        "--to", choices=("hf", "onnx"), required=True, help="the format: hf or onnx"
+    )
     export.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new folder")
     imports = commands.add_parser(
         "import", help="a Hugging Face GPT-2-family folder as a run", allow_abbrev=False
@@ -274,6 +278,14 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
+    if args.to == "onnx":
+        from tinygpt.onnx_export import CARD_FILE, export_onnx
+
+        out = export_onnx(args.run_dir, args.out)
+        print_written(out)
+        print("run it with onnxruntime (input_ids -> logits); its model card:")
+        print(out / CARD_FILE)
+        return
     from tinygpt.hf import export_run
 
     out = export_run(args.run_dir, args.out)
