@@ -113,6 +113,7 @@ CARRIED = [
     ("cpu-bpe", "bpe"),
     ("gpu-fast", "char"),
     ("cpu-fast", "gpt2"),
+    ("lecture-notebook", "char"),  # the lecture's own model: its code, tinygpt's lecture.py
 ]
 FEW_STEPS = (
     "--steps", "3", "--train.batch_size", "2", "--train.eval_interval", "3",
@@ -165,7 +166,8 @@ def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
     ours = load_checkpoint(run)
     text = shakespeare_path.read_text(encoding="utf-8")[:3000]
     ids = ours.tokenizer.encode(text)
-    batch, prompt = batch_of(ids, rows=2, length=48), ids[:8]
+    batch = batch_of(ids, rows=2, length=min(48, ours.config.model.block_size))
+    prompt = ids[:8]
     asked = {
         "folder": str(tmp_path / "hf"), "again": str(tmp_path / "again"), "text": text,
         "batch": batch.tolist(), "prompt": prompt, "out": str(tmp_path / "logits.pt"),
@@ -175,7 +177,8 @@ def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
     )
     assert done.returncode == 0, done.stderr
     theirs = json.loads(done.stdout)
-    assert theirs["class"] == "TinyGPTForCausalLM"
+    lecture = preset.startswith("lecture")
+    assert theirs["class"] == ("TinyGPTLectureForCausalLM" if lecture else "TinyGPTForCausalLM")
     assert theirs["ids"] == ids and theirs["text"] == text
     with torch.no_grad():
         logits, _ = ours.model.eval()(batch)
@@ -187,17 +190,10 @@ def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
     assert theirs["greedy"] == up_to_end(expected, ours.tokenizer.eot_id)
 
 
-def test_the_lecture_models_do_not_export_yet(small_corpus: Path, tmp_path: Path, cli) -> None:
-    run = tiny_run(small_corpus, tmp_path / "run", arch="lecture")
-    code, _, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
-    assert code == 2 and "only GPT models" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "hf").exists()
-
-
 def test_export_refuses_a_bigram(small_corpus: Path, tmp_path: Path, cli) -> None:
     run = tiny_run(small_corpus, tmp_path / "run", arch="bigram")
     code, _, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
-    assert code == 2 and "only GPT models" in err
+    assert code == 2 and "a bigram table does not export to transformers" in err
 
 
 def gpt2_shaped_folder(folder: Path, ranks: Path, **config: object) -> torch.nn.Module:
@@ -417,8 +413,12 @@ def test_the_export_carries_a_model_card_whose_example_runs_quietly_without_tiny
 
 @pytest.mark.parametrize(
     "switches",
-    [{}, {"rotary": True, "norm": "rmsnorm", "smear": 3, "ngram": 3, "tie_weights": False}],
-    ids=["gpt2-shaped", "with-its-code"],
+    [
+        {},
+        {"rotary": True, "norm": "rmsnorm", "smear": 3, "ngram": 3, "tie_weights": False},
+        {"arch": "lecture", "lecture_step": "layernorm"},
+    ],
+    ids=["gpt2-shaped", "with-its-code", "lecture"],
 )
 def test_what_tinygpt_exports_it_imports_back(
     switches: dict, small_corpus: Path, tmp_path: Path, cli

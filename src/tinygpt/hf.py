@@ -144,11 +144,12 @@ def export_run(run_dir: Path, out: Path) -> Path:
     transformers = require_transformers()
     _check_empty(out, "export")
     checkpoint = load_checkpoint(run_dir)
-    if checkpoint.config.model.arch != "gpt":
+    arch = checkpoint.config.model.arch
+    if arch == "bigram":
         raise UserError(
-            f"only GPT models export to transformers (this one is {checkpoint.config.model.arch})"
+            "a bigram table does not export to transformers (--to onnx takes any model)"
         )
-    stock = not unmappable(checkpoint.config.model)
+    stock = arch == "gpt" and not unmappable(checkpoint.config.model)
     model = gpt2_model(checkpoint) if stock else custom_model(checkpoint)
     config = model.config
     model.generation_config = generation_config(transformers, config)
@@ -160,9 +161,7 @@ def export_run(run_dir: Path, out: Path) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if not stock:
-            code = resources.files("tinygpt.hf_code")
-            for name in CUSTOM_CODE:
-                (tmp / name).write_text(code.joinpath(name).read_text(encoding="utf-8"))
+            write_code(tmp, lecture=arch == "lecture")
         own = {"config": checkpoint.config.to_dict(), "tokenizer": checkpoint.tokenizer.to_dict()}
         (tmp / OWN_DESCRIPTION).write_text(json.dumps(own, indent=1), encoding="utf-8")
         card = model_card(checkpoint, out, context_of(config), stock=stock)
@@ -185,10 +184,33 @@ def gpt2_model(checkpoint: Checkpoint) -> Any:
 
 # the files of the code a folder carries, and the classes transformers finds in them
 CUSTOM_CODE = ("configuration_tinygpt.py", "modeling_tinygpt.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_tinygpt.TinyGPTConfig",
-    "AutoModelForCausalLM": "modeling_tinygpt.TinyGPTForCausalLM",
+LECTURE_CODE = "modeling_tinygpt_lecture.py"  # with models/lecture.py, as lecture.py
+AUTO_CONFIG = "configuration_tinygpt.TinyGPTConfig"
+AUTO_MODEL = {
+    "gpt": "modeling_tinygpt.TinyGPTForCausalLM",
+    "lecture": "modeling_tinygpt_lecture.TinyGPTLectureForCausalLM",
 }
+# what the lecture's code imports from tinygpt, and what stands in for it in a folder
+LECTURE_IMPORTS = {
+    "from tinygpt.config import ModelConfig\n": "",  # in annotations only, never evaluated
+    "from tinygpt.models.base import LanguageModel\n": "LanguageModel = nn.Module\n",
+}
+
+
+def write_code(folder: Path, lecture: bool) -> None:
+    """The modelling code a folder carries; for the lecture's model, tinygpt's own
+    models/lecture.py too, its two tinygpt imports replaced by what they give it."""
+    code = resources.files("tinygpt.hf_code")
+    for name in (*CUSTOM_CODE, LECTURE_CODE) if lecture else CUSTOM_CODE:
+        (folder / name).write_text(code.joinpath(name).read_text(encoding="utf-8"))
+    if lecture:
+        source = resources.files("tinygpt.models").joinpath("lecture.py").read_text("utf-8")
+        for line, stand_in in LECTURE_IMPORTS.items():
+            assert line in source, f"models/lecture.py no longer has {line!r}"
+            source = source.replace(line, stand_in)
+        (folder / "lecture.py").write_text(source, encoding="utf-8")
+
+
 CUSTOM_FIELDS = (
     "block_size", "n_layer", "n_head", "n_embd", "bias", "rotary", "norm", "qk_norm",
     "activation", "tie_weights", "embed_skip", "value_embeds", "smear", "ngram",
@@ -197,29 +219,44 @@ CUSTOM_FIELDS = (
 
 
 def custom_model(checkpoint: Checkpoint) -> Any:
-    """A GPT with switches GPT-2 lacks, as the model of hf_code/: the same parameter
-    names, so its weights load as they are (a tied head reads the embedding itself)."""
+    """A GPT with switches GPT-2 lacks, or the lecture's model, as a model of hf_code/:
+    the same parameter names (the lecture's under `lecture.`), so its weights load as they
+    are (a tied head reads the embedding itself)."""
     require_transformers()
     from tinygpt.hf_code.configuration_tinygpt import TinyGPTConfig
     from tinygpt.hf_code.modeling_tinygpt import TinyGPTForCausalLM
 
     model_config = checkpoint.config.model
     eot = checkpoint.tokenizer.eot_id
+    model_class = AUTO_MODEL[model_config.arch]
     config = TinyGPTConfig(
         vocab_size=checkpoint.tokenizer.vocab_size,
         window_keep=window_keep(model_config.block_size, SampleConfig.window),
-        auto_map=AUTO_MAP,
-        architectures=["TinyGPTForCausalLM"],
+        lecture_step=model_config.lecture_step if model_config.arch == "lecture" else "",
+        auto_map={"AutoConfig": AUTO_CONFIG, "AutoModelForCausalLM": model_class},
+        architectures=[model_class.rsplit(".", 1)[1]],
         bos_token_id=eot,
         eos_token_id=eot,
         **{name: getattr(model_config, name) for name in CUSTOM_FIELDS},
     )
-    model = TinyGPTForCausalLM(config)
     weights = {k: v.float() for k, v in checkpoint.model.state_dict().items()}
+    if model_config.arch == "lecture":
+        model = lecture_model(config)
+        model.lecture.load_state_dict(weights, strict=True)
+        return model.eval()
+    model = TinyGPTForCausalLM(config)
     if model_config.tie_weights:
         del weights["lm_head.weight"]  # the embedding itself
     model.load_state_dict(weights, strict=True)
     return model.eval()
+
+
+def lecture_model(config: Any) -> Any:
+    """The lecture's model inside the carried wrapper, built here from tinygpt itself."""
+    from tinygpt.hf_code.modeling_tinygpt_lecture import TinyGPTLectureForCausalLM
+    from tinygpt.models.lecture import LectureLanguageModel
+
+    return TinyGPTLectureForCausalLM(config, LectureLanguageModel(config, config.vocab_size))
 
 
 def context_of(config: Any) -> int:
@@ -409,14 +446,15 @@ def _import_export(out: Path, folder: Path, transformers: Any) -> None:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot read {folder / OWN_DESCRIPTION}: {first_line(exc)}") from None
     model = build_model(saved.model, tokenizer.vocab_size)
-    if unmappable(saved.model):  # the folder carries its code: tinygpt's own names
-        weights = _loaded(folder, "weights", lambda f, **_: load_file(f / "model.safetensors"))
-        if saved.model.tie_weights:
-            weights["lm_head.weight"] = weights["wte.weight"]
-    else:
+    if saved.model.arch == "gpt" and not unmappable(saved.model):  # GPT-2's own class
         load = transformers.GPT2LMHeadModel.from_pretrained
         hf_model = _loaded(folder, "weights", load, dtype=torch.float32)
         weights = from_gpt2_weights(hf_model.state_dict(), model)
+    else:  # the folder carries its code: tinygpt's own names (the lecture's under lecture.)
+        weights = _loaded(folder, "weights", lambda f, **_: load_file(f / "model.safetensors"))
+        weights = {name.removeprefix("lecture."): w for name, w in weights.items()}
+        if saved.model.arch == "gpt" and saved.model.tie_weights:
+            weights["lm_head.weight"] = weights["wte.weight"]
     model.load_state_dict(weights)
     config = RunConfig(data=saved.data, model=saved.model, train=TrainConfig(steps=1))
     _write_run(out, config, tokenizer, model)

@@ -8,8 +8,8 @@ from transformers import PretrainedConfig
 
 
 class TinyGPTConfig(PretrainedConfig):
-    """tinygpt's model config (its `[model]` section), under transformers' names where they
-    exist: a GPT whose switches GPT-2 has no place for (rotary, RMSNorm, smear, ...)."""
+    """tinygpt's model config (its `[model]` section): a GPT whose switches GPT-2 has no
+    place for (rotary, RMSNorm, smear, ...), or the lecture's model at `lecture_step`."""
 
     model_type = "tinygpt"
     attribute_map = {  # noqa: RUF012  # transformers reads it as a class attribute: its usual names
@@ -37,6 +37,8 @@ class TinyGPTConfig(PretrainedConfig):
         ngram: int = 0,
         logit_softcap: float = 0.0,
         window_keep: int = 32,
+        lecture_step: str = "",
+        dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         self.vocab_size, self.block_size = vocab_size, block_size
@@ -46,5 +48,6 @@ class TinyGPTConfig(PretrainedConfig):
         self.embed_skip, self.value_embeds = embed_skip, value_embeds
         self.smear, self.ngram, self.logit_softcap = smear, ngram, logit_softcap
         self.window_keep = window_keep  # what a full window keeps when a token arrives
+        self.lecture_step, self.dropout = lecture_step, dropout  # the lecture's model
         kwargs.setdefault("tie_word_embeddings", False)  # a tied head reads wte itself
         super().__init__(**kwargs)

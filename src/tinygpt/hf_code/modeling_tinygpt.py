@@ -194,9 +194,13 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutput(loss=loss, logits=logits)
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict:
-        """The window tinygpt's sampler would see after these tokens: all of them up to the
-        context, then, each time it fills, its last `window_keep`, growing again."""
-        n, block, keep = input_ids.size(1), self.config.block_size, self.config.window_keep
-        if n > block:
-            n = keep + (n - block - 1) % (block - keep + 1)
-        return {"input_ids": input_ids[:, -n:]}
+        return {"input_ids": sampler_window(input_ids, self.config)}
+
+
+def sampler_window(input_ids: torch.Tensor, config: TinyGPTConfig) -> torch.Tensor:
+    """The window tinygpt's sampler would see after these tokens: all of them up to the
+    context, then, each time it fills, its last `window_keep`, growing again."""
+    n, block, keep = input_ids.size(1), config.block_size, config.window_keep
+    if n > block:
+        n = keep + (n - block - 1) % (block - keep + 1)
+    return input_ids[:, -n:]
