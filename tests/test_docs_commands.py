@@ -1,5 +1,6 @@
-"""Every command the docs/ pages show runs, the way a reader pastes it (the walkthroughs
-have their own test: test_walkthrough.py).
+"""Every command the front doors (README.md, README.zh.md) and the docs/ pages show runs,
+the way a reader pastes it (the walkthroughs have their own test: test_walkthrough.py; the
+set-up commands are what CI itself runs, .ci/run).
 
 A command runs as written, in a folder of its own (a benchmark: at the repository's root,
 with --help, as its runs take minutes), with three kinds of change, each said here:
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,13 +34,17 @@ from tinygpt.rundir import RunDir
 from .conftest import REPO, wait_until
 from .test_hf import gpt2_shaped_folder
 
-DOCS = sorted(p for p in (REPO / "docs").glob("*.md") if not p.name.startswith("walkthrough"))
+DOCS = [
+    REPO / "README.md",
+    REPO / "README.zh.md",
+    *sorted(p for p in (REPO / "docs").glob("*.md") if not p.name.startswith("walkthrough")),
+]
 FIRST_PAGE = REPO / "docs" / "training.md"  # its first command makes runs/fast, which the rest use
 
 # a training in a few seconds: its options, whatever the preset; --steps is cut to these
 SMALL_TRAINING = [
     "--train.batch_size", "4", "--train.eval_interval", "2", "--train.eval_batches", "2",
-    "--train.sample_tokens", "0", "--train.whole_val_tokens", "2000",
+    "--train.sample_tokens", "0", "--train.whole_val_tokens", "2000", "--train.time_limit", "0",
 ]  # fmt: skip
 FRESH_STEPS, MORE_STEPS = 4, 2  # a resume goes MORE_STEPS past where its run is
 PROCESSES = 2  # for the pages' 4 and 8 on a machine of two cores
@@ -86,6 +92,7 @@ class Reader:
         self.server: subprocess.Popen | None = None
         self.port = 0
         self.ran: set[str] = set()
+        self.took: dict[str, float] = {}  # seconds per command, shown with -s
         self.stand_ins = {"runs/cpu-fast-20261126-101500": "runs/fast"}
         if gpt2_ranks is not None:
             self.stand_ins["~/Downloads/gpt2.tiktoken"] = str(gpt2_ranks)
@@ -95,12 +102,25 @@ class Reader:
 
     def run(self, command: str) -> str:
         """Run one command; its output, or the reason it did not run here."""
+        started = time.monotonic()
+        try:
+            return self._run(command)
+        finally:
+            self.took[command] = time.monotonic() - started
+
+    def _run(self, command: str) -> str:
         for placeholder, stand_in in self.stand_ins.items():
             command = command.replace(placeholder, stand_in)
         words = shlex.split(command)
         if command in self.ran:
             return "shown again: ran above"
         self.ran.add(command)
+        if words[:3] == ["python3", "-m", "venv"] or "torch==2.13.0" in words:
+            return "skipped: the set-up, which CI runs (.ci/run)"
+        if words[0] == ".venv/bin/python" and "pytest" in words:
+            return "skipped: this test suite itself"
+        if words[0] == ".venv/bin/tinygpt":
+            words[0] = "tinygpt"
         if {"~/Downloads/gpt2.tiktoken", "path/to/gpt2", "runs/gpt2"} & set(words):
             return "skipped: GPT-2's ranks file is not here"
         if "HOST:29500" in words:
@@ -171,6 +191,7 @@ def reader(tmp_path_factory: pytest.TempPathFactory, shakespeare_home: Path) -> 
     reader.env["TINYGPT_HOME"] = str(shakespeare_home)
     corpus = (shakespeare_home / "corpora" / "tinyshakespeare" / "input.txt").read_text()
     (folder / "my.txt").write_text(corpus[:60_000], encoding="utf-8")
+    (folder / "notes.txt").write_text(corpus[-20_000:], encoding="utf-8")
     (folder / "my_books").mkdir()
     for i in range(2):
         (folder / "my_books" / f"book{i}.txt").write_text(corpus[i * 200_000 :][:200_000])
@@ -191,6 +212,8 @@ def test_every_command_of_the_page_runs(reader: Reader, page: Path) -> None:
         outputs = [reader.run(command) for command in commands]
     finally:
         reader.stop_serving()
+    for command in sorted(commands, key=lambda c: -reader.took.get(c, 0))[:3]:
+        print(f"{reader.took.get(command, 0):6.1f} s  {command}")
     for command, output in zip(commands, outputs, strict=True):
         if command.startswith(("tinygpt eval", "curl")):
             assert output.strip(), command
@@ -200,6 +223,7 @@ def test_every_command_of_the_page_runs(reader: Reader, page: Path) -> None:
 
 def test_every_page_but_the_walkthroughs_has_commands_to_run() -> None:
     assert all(list(page_commands(page)) for page in DOCS)
+    assert DOCS[0].name == "README.md" and len(DOCS) >= 12
     assert {"docs/training.md", "docs/serving.md", "docs/distributed.md"} <= {
         page.relative_to(REPO).as_posix() for page in DOCS
     }
