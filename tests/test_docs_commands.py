@@ -2,16 +2,20 @@
 the way a reader pastes it (the walkthroughs have their own test: test_walkthrough.py; the
 set-up commands are what CI itself runs, .ci/run).
 
-A command runs as written, in a folder of its own (a benchmark: at the repository's root,
-with --help, as its runs take minutes), with three kinds of change, each said here:
+A command runs as written, in a folder of its own (`tinygpt` commands in this process, as
+`main`; servers, torchrun and --nproc as processes of their own; a benchmark at the
+repository's root, with --help, as its runs take minutes), with three kinds of change:
 trainings are cut to a few small steps (`shrunk`); the docs' placeholders (a path to GPT-2,
 a Downloads folder, a run's dated name, a second machine) get stand-ins; the servers listen
-on a free port. A command a page shows twice runs once. A page's commands run in its order,
+on a free port; a new training may overwrite a run folder of another page's. A command
+shown twice runs once (a server: once per page). A page's commands run in its order,
 after the docs' first run (`tinygpt train --out runs/fast`, training.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -29,6 +33,7 @@ import httpx
 import pytest
 
 import tinygpt.models.gpt as gpt
+from tinygpt.cli import main
 from tinygpt.rundir import RunDir
 
 from .conftest import REPO, wait_until
@@ -78,7 +83,8 @@ def shrunk(words: list[str], folder: Path) -> list[str]:
         run = RunDir(folder / words[words.index("--resume") + 1])
         done = json.loads(run.metrics.read_text(encoding="utf-8").splitlines()[-1])["step"]
         return with_value(words, "--steps", done + MORE_STEPS)
-    return [*with_value(words, "--steps", FRESH_STEPS), *SMALL_TRAINING]
+    # --overwrite: each page as if read alone (two pages may name the same run folder)
+    return [*with_value(words, "--steps", FRESH_STEPS), *SMALL_TRAINING, "--overwrite"]
 
 
 class Reader:
@@ -112,7 +118,7 @@ class Reader:
         for placeholder, stand_in in self.stand_ins.items():
             command = command.replace(placeholder, stand_in)
         words = shlex.split(command)
-        if command in self.ran:
+        if command in self.ran and "serve" not in words:  # a page's server ends with it
             return "shown again: ran above"
         self.ran.add(command)
         if words[:3] == ["python3", "-m", "venv"] or "torch==2.13.0" in words:
@@ -140,6 +146,8 @@ class Reader:
         return self.shell(shrunk(words, self.folder))
 
     def shell(self, words: list[str]) -> str:
+        if words[0] == "tinygpt" and words[1] != "serve" and "--nproc" not in words:
+            return self.in_process(words)
         at_root = words[0] == sys.executable and words[1].startswith("benchmarks/")
         result = subprocess.run(
             words, cwd=REPO if at_root else self.folder, env=self.env, capture_output=True,
@@ -147,6 +155,30 @@ class Reader:
         )  # fmt: skip
         assert result.returncode == 0, f"{shlex.join(words)}\n{result.stderr[-2000:]}"
         return result.stdout
+
+    def in_process(self, words: list[str]) -> str:
+        """A `tinygpt` command run as `main` in this process, in the reader's folder and
+        cache: what a new interpreter would do, without its seconds of start-up."""
+        out, err = io.StringIO(), io.StringIO()
+        home = os.environ.get("TINYGPT_HOME")
+        os.environ["TINYGPT_HOME"] = self.env["TINYGPT_HOME"]
+        try:
+            with (
+                contextlib.chdir(self.folder),
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+            ):
+                main(words[1:])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            if home is None:
+                del os.environ["TINYGPT_HOME"]
+            else:
+                os.environ["TINYGPT_HOME"] = home
+        assert code == 0, f"{shlex.join(words)}\n{err.getvalue()[-2000:]}"
+        return out.getvalue()
 
     def serve(self, words: list[str]) -> str:
         self.stop_serving()
