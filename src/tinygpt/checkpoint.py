@@ -205,3 +205,24 @@ def _write_error(exc: Exception) -> str:
         return exc.strerror or str(exc)
     found = re.search(r'message: "([^"]+)"', str(exc))
     return found.group(1) if found else first_line(exc)
+
+
+# what an export (transformers, ONNX) writes of the run for tinygpt to read back: its
+# config and tokenizer; other readers of the folder ignore it
+EXPORT_DESCRIPTION = "tinygpt.json"
+
+
+def write_export_description(folder: Path, checkpoint: Checkpoint) -> None:
+    own = {"config": checkpoint.config.to_dict(), "tokenizer": checkpoint.tokenizer.to_dict()}
+    (folder / EXPORT_DESCRIPTION).write_text(json.dumps(own, indent=1), encoding="utf-8")
+
+
+def read_export_description(folder: Path) -> tuple[RunConfig, Tokenizer]:
+    """The model and data config and the tokenizer an export wrote (one line if unreadable)."""
+    path = folder / EXPORT_DESCRIPTION
+    try:
+        own = json.loads(path.read_text(encoding="utf-8"))
+        config = RunConfig.from_dict({k: own["config"][k] for k in ("model", "data")})
+        return config, tokenizer_from_dict(own["tokenizer"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot read {path}: {first_line(exc)}") from None

@@ -9,8 +9,11 @@ umask gives any new file.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
@@ -53,6 +56,27 @@ def temp_dir(parent: Path, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     path.chmod(new_dir_mode())
     return path
+
+
+def check_new_folder(out: Path, what: str) -> None:
+    """Fail at once unless `out` is absent or an empty folder."""
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise UserError(f"{out} exists and is not an empty folder; {what} into a new one")
+
+
+@contextlib.contextmanager
+def folder_written_whole(out: Path) -> Iterator[Path]:
+    """A hidden folder beside `out` to fill; on success it becomes `out` (absent or empty,
+    see check_new_folder), on failure it is removed: a half-written `out` never appears."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_dir(out.parent, f".{out.name}.tmp-")
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def check_writable(path: Path) -> None:

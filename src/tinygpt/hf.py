@@ -24,7 +24,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from tinygpt.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from tinygpt.checkpoint import (
+    EXPORT_DESCRIPTION,
+    Checkpoint,
+    load_checkpoint,
+    read_export_description,
+    save_checkpoint,
+    write_export_description,
+)
 from tinygpt.config import (
     Activation,
     DataConfig,
@@ -34,11 +41,11 @@ from tinygpt.config import (
     TrainConfig,
 )
 from tinygpt.errors import UserError, first_line
-from tinygpt.files import temp_dir, temp_file
+from tinygpt.files import check_new_folder, folder_written_whole, temp_dir, temp_file
 from tinygpt.generate import window_keep
 from tinygpt.models import build_model
 from tinygpt.rundir import RunDir, check_run_dir, step_folder, writing
-from tinygpt.tokenizers import END_OF_TEXT, Gpt2Tokenizer, Tokenizer, tokenizer_from_dict
+from tinygpt.tokenizers import END_OF_TEXT, Gpt2Tokenizer, Tokenizer
 from tinygpt.tokenizers.bpe import byte_to_symbol
 from tinygpt.tokenizers.gpt2 import RANKS_SHA256, cached_ranks_path, find_ranks, install_ranks
 
@@ -142,7 +149,7 @@ def export_run(run_dir: Path, out: Path) -> Path:
     transformers' own GPT2LMHeadModel; any other GPT carries its code (hf_code/), loaded
     with `trust_remote_code=True`."""
     transformers = require_transformers()
-    _check_empty(out, "export")
+    check_new_folder(out, "export")
     checkpoint = load_checkpoint(run_dir)
     arch = checkpoint.config.model.arch
     if arch == "bigram":
@@ -155,22 +162,14 @@ def export_run(run_dir: Path, out: Path) -> Path:
     model.generation_config = generation_config(transformers, config)
     model.generation_config.use_cache = stock  # the carried code reads each window afresh
     tokenizer = hf_tokenizer(transformers, checkpoint.tokenizer, context_of(config))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out.parent, f".{out.name}.tmp-")
-    try:
+    with folder_written_whole(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if not stock:
             write_code(tmp, lecture=arch == "lecture")
-        own = {"config": checkpoint.config.to_dict(), "tokenizer": checkpoint.tokenizer.to_dict()}
-        (tmp / OWN_DESCRIPTION).write_text(json.dumps(own, indent=1), encoding="utf-8")
+        write_export_description(tmp, checkpoint)
         card = model_card(checkpoint, out, context_of(config), stock=stock)
         (tmp / MODEL_CARD).write_text(card, encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -278,9 +277,6 @@ def generation_config(transformers: Any, config: Any) -> Any:
 
 
 MODEL_CARD = "README.md"
-# tinygpt's own description of an exported run (its config and tokenizer), which an import
-# of the folder reads back; transformers ignores it
-OWN_DESCRIPTION = "tinygpt.json"
 
 
 def model_card(checkpoint: Checkpoint, out: Path, context: int, *, stock: bool) -> str:
@@ -364,11 +360,6 @@ def hf_tokenizer(transformers: Any, tokenizer: Tokenizer, max_length: int) -> An
     )
 
 
-def _check_empty(out: Path, what: str) -> None:
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"{out} exists and is not an empty folder; {what} into a new one")
-
-
 # ---------------------------------------------------------------- import
 
 
@@ -429,7 +420,7 @@ def import_folder(folder: Path, out: Path) -> Path:
         raise UserError(f"{folder} is not a Hugging Face model folder (it has no config.json)")
     with writing(out):
         check_run_dir(out, overwrite=False)
-        if (folder / OWN_DESCRIPTION).is_file():
+        if (folder / EXPORT_DESCRIPTION).is_file():
             _import_export(out, folder, transformers)
         else:
             _import_into(out, folder, transformers)
@@ -439,12 +430,7 @@ def import_folder(folder: Path, out: Path) -> Path:
 def _import_export(out: Path, folder: Path, transformers: Any) -> None:
     """A folder tinygpt exported: its config and tokenizer from tinygpt.json, its weights
     from GPT-2's names (a stock folder) or as they are (a folder with its code)."""
-    try:
-        own = json.loads((folder / OWN_DESCRIPTION).read_text(encoding="utf-8"))
-        saved = RunConfig.from_dict({k: own["config"][k] for k in ("model", "data")})
-        tokenizer = tokenizer_from_dict(own["tokenizer"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"cannot read {folder / OWN_DESCRIPTION}: {first_line(exc)}") from None
+    saved, tokenizer = read_export_description(folder)
     model = build_model(saved.model, tokenizer.vocab_size)
     if saved.model.arch == "gpt" and not unmappable(saved.model):  # GPT-2's own class
         load = transformers.GPT2LMHeadModel.from_pretrained

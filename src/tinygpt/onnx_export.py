@@ -11,9 +11,7 @@ way. Generating is the caller's loop; the model card shows one that slides the w
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from tinygpt.checkpoint import Checkpoint, load_checkpoint
+from tinygpt.checkpoint import Checkpoint, load_checkpoint, write_export_description
 from tinygpt.config import SampleConfig
 from tinygpt.errors import UserError
-from tinygpt.files import temp_dir
+from tinygpt.files import check_new_folder, folder_written_whole
 from tinygpt.generate import window_keep
 
-MODEL_FILE, TOKENIZER_FILE, CARD_FILE, OWN_FILE = (
-    "model.onnx", "tokenizer.json", "README.md", "tinygpt.json",
-)  # fmt: skip
+MODEL_FILE, TOKENIZER_FILE, CARD_FILE = "model.onnx", "tokenizer.json", "README.md"
 
 
 class Logits(nn.Module):
@@ -72,17 +68,14 @@ def export_onnx(run_dir: Path, out: Path) -> Path:
     library's format, which runtimes in many languages read), `tinygpt.json` (the run's
     config and tokenizer) and a model card, in a new folder made whole before it appears."""
     require_onnx()
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"{out} exists and is not an empty folder; export into a new one")
+    check_new_folder(out, "export")
     checkpoint = load_checkpoint(run_dir)
     model = Logits(checkpoint.model.float().eval())
     block = checkpoint.config.model.block_size
     example = torch.zeros(2, min(block, 8), dtype=torch.long)
     tokens = torch.export.Dim("tokens", min=1, max=block)
     batch = torch.export.Dim("batch", min=1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_dir(out.parent, f".{out.name}.tmp-")
-    try:
+    with folder_written_whole(out) as tmp:
         with quiet_exporter(), torch.no_grad():
             torch.onnx.export(
                 model, (example,), tmp / MODEL_FILE, input_names=["input_ids"],
@@ -91,14 +84,8 @@ def export_onnx(run_dir: Path, out: Path) -> Path:
             )  # fmt: skip
         hf = checkpoint.tokenizer.to_huggingface()
         (tmp / TOKENIZER_FILE).write_text(hf.to_str(), encoding="utf-8")
-        own = {"config": checkpoint.config.to_dict(), "tokenizer": checkpoint.tokenizer.to_dict()}
-        (tmp / OWN_FILE).write_text(json.dumps(own, indent=1), encoding="utf-8")
+        write_export_description(tmp, checkpoint)
         (tmp / CARD_FILE).write_text(model_card(checkpoint, out), encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
