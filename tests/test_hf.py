@@ -104,8 +104,11 @@ def test_export_matches_transformers(
     assert_same_model(ours.model, model, batch_of(ids), ours.tokenizer.eot_id)
 
 
-# every preset that trains a GPT GPT-2 has no place for, and each tokenizer kind
-CARRIED = [
+# every preset that trains a GPT, and each tokenizer kind: GPT-2-shaped ones (lecture,
+# shakespeare-char) load as transformers' own GPT-2, the rest carry their code
+PRESETS = [
+    ("lecture", "char"),
+    ("shakespeare-char", "char"),
     ("cpu-fast", "char"),
     ("cpu-fast", "byte"),
     ("cpu-5min", "char"),
@@ -135,15 +138,23 @@ tokenizer.save_pretrained(asked["again"])
 reloaded = auto.from_pretrained(asked["again"], trust_remote_code=True).eval()
 with torch.no_grad():
     torch.save({"logits": model(batch).logits, "again": reloaded(batch).logits}, asked["out"])
-greedy = model.generate(prompt, max_new_tokens=100, do_sample=False)[0, prompt.size(1) :]
+read = []  # how many tokens each forward pass reads
+def count(_, args, kwargs):
+    read.append(kwargs["input_ids"].size(1))
+model.register_forward_pre_hook(count, with_kwargs=True)
+def greedy(**options):
+    read.clear()
+    new = model.generate(prompt, max_new_tokens=100, do_sample=False, **options)
+    return new[0, prompt.size(1) :].tolist(), list(read)
+(cached, cached_reads), (afresh, _) = greedy(), greedy(use_cache=False)
 ids = tokenizer(asked["text"])["input_ids"]
-print(json.dumps({"class": type(model).__name__, "greedy": greedy.tolist(), "ids": ids,
-                  "text": tokenizer.decode(ids)}))
+print(json.dumps({"class": type(model).__name__, "greedy": cached, "afresh": afresh,
+                  "reads": cached_reads, "ids": ids, "text": tokenizer.decode(ids)}))
 """
 
 
-@pytest.mark.parametrize(("preset", "kind"), CARRIED, ids=lambda v: v)
-def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
+@pytest.mark.parametrize(("preset", "kind"), PRESETS, ids=lambda v: v)
+def test_each_presets_run_exports_and_matches_transformers_without_tinygpt(
     preset: str,
     kind: str,
     shakespeare_path: Path,
@@ -161,8 +172,11 @@ def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
     assert code == 0, err
     code, printed, err = cli("export", run, "--to", "hf", "--out", tmp_path / "hf")
     assert code == 0, err
-    assert "trust_remote_code=True" in printed and "the window slides" in printed
-    assert (tmp_path / "hf" / "modeling_tinygpt.py").is_file()
+    stock = preset in ("lecture", "shakespeare-char")
+    card = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert f"3 steps, from the `{preset}` preset" in card
+    assert ("trust_remote_code=True" in printed) != stock
+    assert (tmp_path / "hf" / "modeling_tinygpt.py").is_file() != stock
     ours = load_checkpoint(run)
     text = shakespeare_path.read_text(encoding="utf-8")[:3000]
     ids = ours.tokenizer.encode(text)
@@ -177,8 +191,11 @@ def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
     )
     assert done.returncode == 0, done.stderr
     theirs = json.loads(done.stdout)
-    lecture = preset.startswith("lecture")
-    assert theirs["class"] == ("TinyGPTLectureForCausalLM" if lecture else "TinyGPTForCausalLM")
+    lecture = preset.startswith("lecture-")
+    classes = {"stock": "GPT2LMHeadModel", "lecture": "TinyGPTLectureForCausalLM"}
+    assert theirs["class"] == classes.get(
+        "stock" if stock else "lecture" if lecture else "", "TinyGPTForCausalLM"
+    )
     assert theirs["ids"] == ids and theirs["text"] == text
     with torch.no_grad():
         logits, _ = ours.model.eval()(batch)
@@ -187,7 +204,24 @@ def test_a_gpt_gpt2_cannot_hold_exports_with_its_code_and_matches_transformers(
     assert torch.equal(loaded["again"], loaded["logits"])  # save_pretrained keeps it
     block = ours.config.model.block_size
     expected = greedy(ours.model, torch.tensor([prompt]), block, 100)  # past 64: it slides
-    assert theirs["greedy"] == up_to_end(expected, ours.tokenizer.eot_id)
+    assert theirs["greedy"] == theirs["afresh"] == up_to_end(expected, ours.tokenizer.eot_id)
+    if lecture:  # no KV cache: each step reads its whole window
+        assert min(theirs["reads"]) > 1
+    elif not stock:  # one token a step from the cache; the whole window first and when it slides
+        keep = json.loads((tmp_path / "hf" / "config.json").read_text())["window_keep"]
+        assert theirs["reads"] == cached_reads(len(prompt), block, keep)[: len(theirs["reads"])]
+
+
+def cached_reads(prompt: int, block: int, keep: int, steps: int = 100) -> list[int]:
+    """The tokens each of `steps` forward passes reads with a KV cache, `tinygpt sample`'s
+    shift window: all of the prompt, then one a step; when the window is full, its last
+    `keep` tokens afresh."""
+    reads, window = [prompt], prompt
+    for _ in range(steps - 1):
+        slides = window == block
+        window = keep if slides else window + 1
+        reads.append(keep if slides else 1)
+    return reads
 
 
 def test_export_refuses_a_bigram(small_corpus: Path, tmp_path: Path, cli) -> None:
@@ -397,6 +431,7 @@ def test_the_export_carries_a_model_card_whose_example_runs_quietly_without_tiny
     header = card.split("---\n")[1]
     assert "library_name: transformers" in header and "- char-level" in header
     assert "**32 tokens**" in card and "nats per token" in card and "bits per byte" in card
+    assert "12 steps, from its own config" in card  # no preset named
     example = card.split("```python\n")[1].split("```")[0]
     assert len(example.strip().splitlines()) == 5
     # in a process where tinygpt cannot be imported, with transformers' own warnings on

@@ -49,6 +49,7 @@ def test_an_onnx_export_runs_in_onnxruntime_as_tinygpt_does(
         np.testing.assert_allclose(theirs, expected, atol=1e-4, rtol=1e-4)
     # the card's example, in a process that cannot import tinygpt: tinygpt sample's text
     card = (out / "README.md").read_text(encoding="utf-8")
+    assert f"30 steps from the `{RUNS[name][1]}` preset" in card
     example = card.split("```python\n")[1].split("```")[0]
     blocked = "import sys; sys.modules['tinygpt'] = None; exec(sys.stdin.read())"
     done = subprocess.run(

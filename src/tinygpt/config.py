@@ -222,6 +222,11 @@ class TrainConfig:
     init_from: str = option(
         "", "start from this run's weights, model and tokenizer (fine-tuning; '': from scratch)"
     )
+    preset: str = option(
+        "",
+        "the preset this run's config started from (set by --preset; a record, as in "
+        "exported model cards)",
+    )
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "grad_accum_steps", "eval_interval", "eval_batches")
@@ -283,6 +288,13 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+    def recipe(self) -> str:
+        """How this run came about, in words for a model card."""
+        start = f"the `{self.train.preset}` preset" if self.train.preset else "its own config"
+        if self.train.init_from:
+            return f"{start}, fine-tuned from the weights of `{self.train.init_from}`"
+        return start
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
@@ -411,6 +423,7 @@ def resolve(
     values: dict[str, Any] = {}
     if preset is not None:
         values = merge(values, load_preset(preset))
+        values = merge(values, {"train": {"preset": preset}})
     if config_file is not None:
         values = merge(values, load_config_file(config_file))
     return RunConfig.from_dict(merge(values, overrides or {}))

@@ -160,7 +160,7 @@ def export_run(run_dir: Path, out: Path) -> Path:
     model = gpt2_model(checkpoint) if stock else custom_model(checkpoint)
     config = model.config
     model.generation_config = generation_config(transformers, config)
-    model.generation_config.use_cache = stock  # the carried code reads each window afresh
+    model.generation_config.use_cache = arch == "gpt"  # the lecture's model has no cache
     tokenizer = hf_tokenizer(transformers, checkpoint.tokenizer, context_of(config))
     with folder_written_whole(out) as tmp:
         model.save_pretrained(tmp)
@@ -326,7 +326,7 @@ A small GPT trained from scratch with tinygpt. {kind}
 
 - model: {checkpoint.model.describe()}; {n_params:,} parameters
 - tokenizer: `{run.data.tokenizer}`, {checkpoint.tokenizer.vocab_size:,} tokens
-- trained on: {dataset}, {checkpoint.step:,} steps
+- trained on: {dataset}, {checkpoint.step:,} steps, from {run.recipe()}
 
 | | |
 |---|---|

@@ -113,7 +113,7 @@ A small language model trained from scratch with tinygpt, as an ONNX graph:
 
 - model: {checkpoint.model.describe()}
 - tokenizer: `{run.data.tokenizer}` (`tokenizer.json`, the `tokenizers` library's format)
-- trained: {checkpoint.step:,} steps; val loss {score}
+- trained: {checkpoint.step:,} steps from {run.recipe()}; val loss {score}
 
 | | |
 |---|---|

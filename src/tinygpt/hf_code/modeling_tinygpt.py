@@ -1,9 +1,10 @@
 """A tinygpt GPT as a transformers model (shipped in exported folders): torch and
 transformers only, the same parameter names and arithmetic as tinygpt's models/gpt.py.
 
-Generating past the context slides the window as `tinygpt sample` does by default: when it
-is full, it keeps its last `window_keep` tokens and grows again. Each step reads its window
-afresh (no KV cache): the logits are tinygpt's to float rounding.
+Generating reads one new token a step against a KV cache (transformers' `DynamicCache`),
+and past the context slides the window as `tinygpt sample` does by default: when it is
+full, it keeps its last `window_keep` tokens, reads them afresh into an emptied cache and
+grows again. The logits are tinygpt's to float rounding.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutput
+from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_tinygpt import TinyGPTConfig
+
+# the keyword (and output field) of the KV cache: `cache` from transformers 5,
+# `past_key_values` before
+CACHE_NAME = (
+    "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
 
 
 def relu_squared(x: torch.Tensor) -> torch.Tensor:
@@ -51,15 +58,23 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
 
 
+def attention_mask(new: int, past: int, device: torch.device) -> torch.Tensor | None:
+    """Which keys each of `new` queries may read when `past` keys come before them (None:
+    all of them, one new token)."""
+    if new == 1:
+        return None
+    return torch.ones(new, past + new, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
 class Attention(nn.Module):
-    def __init__(self, config: TinyGPTConfig) -> None:
+    def __init__(self, config: TinyGPTConfig, layer: int) -> None:
         super().__init__()
-        self.n_head, self.qk_norm = config.n_head, config.qk_norm
+        self.n_head, self.qk_norm, self.layer = config.n_head, config.qk_norm, layer
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
 
     def forward(
-        self, x: torch.Tensor, value_embed: torch.Tensor | None, rotary: Any
+        self, x: torch.Tensor, value_embed: torch.Tensor | None, rotary: Any, cache: Any
     ) -> torch.Tensor:
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
@@ -75,7 +90,13 @@ class Attention(nn.Module):
             qk = apply_rotary(qk, cos.unsqueeze(-2), sin.unsqueeze(-2))
         q, k = qk.transpose(1, 2).split(nh, dim=1)  # (B, nh, T, hs) each
         v = v.view(B, T, nh, hs).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # the keys and values so far, these appended: (B, nh, past + T, hs)
+            past = cache.get_seq_length(self.layer)
+            k, v = cache.update(k, v, self.layer)
+            mask = attention_mask(T, past, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -91,18 +112,18 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: TinyGPTConfig) -> None:
+    def __init__(self, config: TinyGPTConfig, layer: int) -> None:
         super().__init__()
-        self.ln_1, self.attn = make_norm(config), Attention(config)
+        self.ln_1, self.attn = make_norm(config), Attention(config, layer)
         self.ln_2, self.mlp = make_norm(config), MLP(config)
         self.skip = nn.Parameter(torch.tensor([1.0, 0.0])) if config.embed_skip else None
 
     def forward(
-        self, x: torch.Tensor, x0: torch.Tensor, value_embed: Any, rotary: Any
+        self, x: torch.Tensor, x0: torch.Tensor, value_embed: Any, rotary: Any, cache: Any
     ) -> torch.Tensor:
         if self.skip is not None:
             x = self.skip[0] * x + self.skip[1] * x0
-        x = x + self.attn(self.ln_1(x), value_embed, rotary)
+        x = x + self.attn(self.ln_1(x), value_embed, rotary, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -111,14 +132,13 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
     config: TinyGPTConfig
     base_model_prefix = ""
     main_input_name = "input_ids"
-    _supports_cache_class = False
 
     def __init__(self, config: TinyGPTConfig) -> None:
         super().__init__(config)
         V, C = config.vocab_size, config.n_embd
         self.wte = nn.Embedding(V, C)
         self.wpe = None if config.rotary else nn.Embedding(config.block_size, C)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.value_embeds = None
         if config.value_embeds:
             self.value_embeds = nn.ModuleList(nn.Embedding(V, C) for _ in range(config.n_layer))
@@ -142,6 +162,12 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Module:
         return self.wte
 
+    @property
+    def lookback(self) -> int:
+        """How many earlier tokens a token's embedding and logits read: smear's lags, and
+        one for the pair table."""
+        return max(self.config.smear, 1 if self.config.ngram == 3 else 0)
+
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) -> (B, T, C): each token plus the gated embeddings of those before it."""
         if self.smear_gates is None:
@@ -159,12 +185,27 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
+        context_ids: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutput:
-        idx = input_ids[:, -self.config.block_size :]
+    ) -> CausalLMOutputWithPast:
+        """(B, T) token ids -> (B, T, V) logits. With a cache (keyword CACHE_NAME), the ids
+        are those after the ones it holds, it is extended with them, and `context_ids` are the
+        window's tokens it holds: smear and the pair table read back that far."""
+        cache = kwargs.get(CACHE_NAME)
+        past = 0 if cache is None else cache.get_seq_length()
+        idx = input_ids if cache is not None else input_ids[:, -self.config.block_size :]
         T = idx.size(1)
-        x = self.embed(idx)
-        positions = torch.arange(T, device=idx.device)
+        if past + T > self.config.block_size:
+            raise ValueError(f"{past} cached and {T} new tokens exceed the context")
+        earlier = idx[:, :0]
+        if past and self.lookback:
+            if context_ids is None:
+                raise ValueError("a cached step of this model needs context_ids: the tokens cached")
+            earlier = context_ids[:, -self.lookback :]
+        seen = torch.cat((earlier, idx), dim=1)  # (B, E + T): the new tokens and their lookback
+        E = earlier.size(1)
+        x = self.embed(seen)[:, E:]
+        positions = torch.arange(past, past + T, device=idx.device)
         rotary = None
         if self.wpe is not None:
             x = x + self.wpe(positions)
@@ -173,15 +214,15 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
         x0 = x
         for i, block in enumerate(self.blocks):
             value_embed = self.value_embeds[i](idx) if self.value_embeds is not None else None
-            x = block(x, x0, value_embed, rotary)
+            x = block(x, x0, value_embed, rotary, cache)
         x = self.ln_f(x)
         logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.wte.weight)
         if self.ngram is not None:
             V = self.config.vocab_size
             if self.config.ngram == 2:
                 rows = idx
-            else:
-                rows = (F.pad(idx, (1, 0), value=-1)[:, :T] + 1) * V + idx
+            else:  # the pair (previous, this), -1 before the window
+                rows = ((F.pad(seen, (1, 0), value=-1)[:, :-1] + 1) * V + seen)[:, E:]
             logits = logits + self.ngram(rows)
         if self.config.logit_softcap > 0:
             cap = self.config.logit_softcap
@@ -191,10 +232,23 @@ class TinyGPTForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, -T:][:, 1:].flatten()
             )
-        return CausalLMOutput(loss=loss, logits=logits)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: cache})
 
     def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs: Any) -> dict:
-        return {"input_ids": sampler_window(input_ids, self.config)}
+        """A step's input: the newest token against the cache, or, on the first step and each
+        time the window slides, the whole window into an empty cache."""
+        window = sampler_window(input_ids, self.config)
+        cache = kwargs.get(CACHE_NAME)
+        if cache is None:  # use_cache=False: each window is read afresh
+            return {"input_ids": window}
+        past = cache.get_seq_length()
+        if 0 < past == window.size(1) - 1:
+            return {
+                "input_ids": window[:, past:],
+                "context_ids": window[:, :past],
+                CACHE_NAME: cache,
+            }
+        return {"input_ids": window, CACHE_NAME: DynamicCache()}
 
 
 def sampler_window(input_ids: torch.Tensor, config: TinyGPTConfig) -> torch.Tensor:
