@@ -291,3 +291,26 @@ def test_files_written_are_named_on_lines_of_their_own(cli, run_dir: Path, tmp_p
     assert code == 0 and out.splitlines()[-1] == f"wrote {png}" and png.exists()
     code, out, err = cli("sample", run_dir, "--max-new-tokens", "5", "--output", text)
     assert code == 0 and err == f"wrote {text}\n" and "wrote" not in out  # stdout: the text
+
+
+# torch cannot be imported in this process: what it prints is all these commands need
+WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None
+from tinygpt.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["data"], ["data", "tinyshakespeare"], ["data", "--help"]]
+)
+def test_help_and_data_answer_without_importing_torch(argv: list[str], shakespeare) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, *argv], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    if argv == ["data", "tinyshakespeare"]:
+        assert Path(done.stdout.strip()).read_text(encoding="utf-8").startswith("First Citizen:")
+    else:
+        assert "usage: tinygpt" in done.stdout or "tinyshakespeare" in done.stdout

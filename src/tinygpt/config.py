@@ -30,6 +30,7 @@ AutocastDtype = Literal["auto", "float32", "bfloat16"]
 WeightDtype = Literal["float32", "bfloat16"]
 WindowPolicy = Literal["exact", "shift"]
 DEVICES = ("auto", "cpu", "cuda", "mps")  # or cuda:N, which a Literal cannot say
+EVAL_SPLITS = ("val", "all")  # what `tinygpt eval` scores: the val split, or the whole text
 
 
 def option(default: Any, help: str) -> Any:

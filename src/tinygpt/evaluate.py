@@ -246,9 +246,6 @@ class Score:
         return describe_score(self.loss, self.bits_per_byte)
 
 
-SPLITS = ("val", "all")
-
-
 def score_checkpoint(
     checkpoint: Checkpoint,
     dataset: str,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tinygpt.cli.parsing import converter, fail, value_label
-from tinygpt.config import SampleConfig, check_temperature, field_types
+from tinygpt.config import EVAL_SPLITS, SampleConfig, check_temperature, field_types
 from tinygpt.errors import UserError, note
 
 
@@ -61,8 +61,6 @@ def add_sample_command(commands: Any) -> None:
 
 
 def add_eval_command(commands: Any) -> None:
-    from tinygpt.evaluate import SPLITS
-
     evaluate = commands.add_parser(
         "eval", help="loss, perplexity and bits per byte of a run on a text", allow_abbrev=False
     )
@@ -71,7 +69,7 @@ def add_eval_command(commands: Any) -> None:
         "--data", metavar="NAME|FILE|FOLDER", help="the text to score (default: the run's corpus)"
     )
     evaluate.add_argument(
-        "--split", choices=SPLITS, default="val", help="val, or all of the text (default: val)"
+        "--split", choices=EVAL_SPLITS, default="val", help="val, or all of the text (default: val)"
     )
     evaluate.add_argument("--json", action="store_true", help="print the figures as JSON")
     evaluate.add_argument(

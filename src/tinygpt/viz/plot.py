@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from matplotlib.figure import Figure
-
 from tinygpt.errors import UserError
 from tinygpt.rundir import RunDir
 from tinygpt.viz import save_figure
@@ -17,6 +15,8 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     records = [json.loads(line) for line in metrics_path.open(encoding="utf-8")]
     evals = [r for r in records if "val_loss" in r]
     steps = [r for r in records if "loss" in r]
+    from matplotlib.figure import Figure  # half a second: only where a picture is drawn
+
     figure = Figure(figsize=(8, 5))
     axes = figure.subplots()
     if steps:
@@ -47,6 +47,8 @@ def plot_runs(run_dirs: list[Path], png_path: Path, x: str = "step") -> dict[str
     val loss (the lecture's, for its presets) gets it as a star at its last point.
     Returns each curve's x values by label."""
     curves = {}
+    from matplotlib.figure import Figure  # half a second: only where a picture is drawn
+
     figure = Figure(figsize=(8, 5))
     axes = figure.subplots()
     for i, run_dir in enumerate(run_dirs):

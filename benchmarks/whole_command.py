@@ -1,0 +1,94 @@
+"""What a user waits for: the whole default `tinygpt train`, and where its seconds go.
+
+    python benchmarks/whole_command.py [--seeds 1337 1338 1339] [--repeats 5] [ARGS...]
+
+Runs, as a user would from a shell (each a new process, on the corpus in tinygpt's cache):
+
+- `tinygpt --help` and `tinygpt data`, `--repeats` times each: they import no torch;
+- `python -c "import torch"`, then `torch._dynamo` (which every torch optimizer's first step
+  imports) and matplotlib's Figure on top of it: what the imports cost;
+- `tinygpt train --out DIR --train.seed S` (plus ARGS) for each seed, and from the run's
+  own records splits its wall time into training steps (the checkpoint's `training_s`),
+  evaluations and checkpoints (the rest of its `elapsed_s`), and everything else (imports,
+  data, model and optimizer set-up, the plot, the sample, exit), with the val loss on the
+  whole split at the end.
+
+Prints medians (min-max) and the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tinygpt.checkpoint import load_train_state
+from tinygpt.rundir import RunDir, list_checkpoints
+from tinygpt.runtime import cpu_description
+
+TINYGPT = [sys.executable, "-m", "tinygpt"]
+IMPORTS = {
+    "python": "pass",
+    "torch": "import torch",
+    "torch + torch._dynamo": "import torch, torch._dynamo",
+    "torch + matplotlib": "import torch; from matplotlib.figure import Figure",
+}
+
+
+def wall(argv: list[str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - began
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"
+
+
+def train_once(seed: int, out: Path, extra: list[str]) -> dict[str, float]:
+    seconds = wall([*TINYGPT, "train", "--out", str(out), "--train.seed", str(seed), *extra])
+    state = load_train_state(list_checkpoints(out)[-1])
+    last = [json.loads(line) for line in RunDir(out).metrics.open(encoding="utf-8")][-1]
+    return {
+        "whole": seconds,
+        "training": state["training_s"],
+        "evaluations": state["elapsed_s"] - state["training_s"],
+        "rest": seconds - state["elapsed_s"],
+        "val": last.get("whole_val_loss", last.get("val_loss", float("nan"))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339])
+    parser.add_argument("--repeats", type=int, default=5, help="of each quick command")
+    args, extra = parser.parse_known_args()
+    print(f"cpu: {cpu_description()}")
+    for name, argv in {"tinygpt --help": ["--help"], "tinygpt data": ["data"]}.items():
+        print(f"{name}: {spread([wall([*TINYGPT, *argv]) for _ in range(args.repeats)])}")
+    for name, code in IMPORTS.items():
+        times = [wall([sys.executable, "-c", code]) for _ in range(args.repeats)]
+        print(f"python -c {code!r} ({name}): {spread(times)}")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            run = train_once(seed, Path(tmp) / f"seed-{seed}", extra)
+            runs.append(run)
+            print(
+                f"tinygpt train, seed {seed}: {run['whole']:.2f} s = training steps "
+                f"{run['training']:.2f} + evaluations and checkpoints {run['evaluations']:.2f} "
+                f"+ the rest {run['rest']:.2f}; val (whole split) {run['val']:.4f}"
+            )
+    for part in ("whole", "training", "evaluations", "rest"):
+        print(f"{part}: {spread([run[part] for run in runs])}")
+    ends = ", ".join(f"{run['val']:.4f}" for run in runs)
+    print(f"val at the end: {ends}")
+
+
+if __name__ == "__main__":
+    main()
