@@ -2,10 +2,12 @@
 
     python benchmarks/serve_load.py RUN_DIR [--max-batch 1 16] [--clients 1 4 16 32]
                                     [--requests 64] [--max-tokens 100] [--queue 32]
+                                    [--stream-interval 1]
 
 For each `--max-batch` (1: each request decoded alone, the path before batching) it starts
 the server as its own process (the command users run), then for each number of clients
-sends `--requests` streaming completions (each client one at a time, in turn) and prints
+sends `--requests` streaming completions (each client one at a time, in turn, over a
+connection it keeps open, as an SDK's client does) and prints
 requests/s, generated tokens/s, time to first token and total latency (p50, p99), the
 number of 429 answers, and /health's latency polled every 50 ms during the run. The
 server's resident memory is read before its first run and after its last (/proc, Linux).
@@ -47,7 +49,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def one_request(url: str, max_tokens: int, seed: int) -> dict:
+def one_request(http: httpx.Client, url: str, max_tokens: int, seed: int) -> dict:
     body = {
         "prompt": "ROMEO:",
         "max_tokens": max_tokens,
@@ -57,7 +59,7 @@ def one_request(url: str, max_tokens: int, seed: int) -> dict:
     }
     start = time.perf_counter()
     first, tokens = None, 0
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+    with http.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
         if response.status_code == 429:
             return {"rejected": True}
         for line in response.iter_lines():
@@ -78,25 +80,27 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> float:
     counter = iter(range(requests))
     lock = threading.Lock()
 
-    def client() -> None:
+    def client(http: httpx.Client) -> None:
         while True:
             with lock:
                 n = next(counter, None)
             if n is None:
                 return
-            results.append(one_request(url, max_tokens, seed=n))
+            results.append(one_request(http, url, max_tokens, seed=n))
 
-    def poll_health() -> None:
+    def poll_health(http: httpx.Client) -> None:
         while not done.is_set():
             start = time.perf_counter()
-            httpx.get(f"{url}/health")
+            http.get(f"{url}/health")
             health.append(time.perf_counter() - start)
             time.sleep(0.05)
 
-    poller = threading.Thread(target=poll_health)
+    # each client keeps its connection open between requests, as an SDK's client does
+    connections = [httpx.Client() for _ in range(clients + 1)]
+    poller = threading.Thread(target=poll_health, args=(connections[-1],))
     poller.start()
     start = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    threads = [threading.Thread(target=client, args=(http,)) for http in connections[:-1]]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -104,6 +108,8 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> float:
     elapsed = time.perf_counter() - start
     done.set()
     poller.join()
+    for http in connections:
+        http.close()
     served = [r for r in results if not r.get("rejected")]
     rejected = len(results) - len(served)
     tokens = sum(r["tokens"] for r in served)
@@ -121,11 +127,14 @@ def load(url: str, clients: int, requests: int, max_tokens: int) -> float:
     return tokens / elapsed
 
 
-def serve(run_dir: Path, max_batch: int, queue: int) -> tuple[subprocess.Popen, str]:
+def serve(
+    run_dir: Path, max_batch: int, queue: int, stream_interval: int
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "tinygpt", "serve", str(run_dir), "--port", str(port)]
     command += ["--max-batch", str(max_batch), "--queue", str(queue), "--quiet"]
+    command += ["--stream-interval", str(stream_interval)]
     server = subprocess.Popen(command, env=os.environ.copy(), stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while True:
@@ -145,15 +154,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=100)
     parser.add_argument("--queue", type=int, default=32)
+    parser.add_argument("--stream-interval", type=int, default=1, help="the servers' own")
     args = parser.parse_args()
-    print(f"cpu: {cpu_description()}; queue {args.queue}; {args.requests} requests of "
-          f"{args.max_tokens} tokens per line")  # fmt: skip
+    print(f"cpu: {cpu_description()}; queue {args.queue}; stream interval "
+          f"{args.stream_interval}; {args.requests} requests of {args.max_tokens} tokens "
+          "per line")  # fmt: skip
     rates: dict[int, list[float]] = {}
     for max_batch in args.max_batch:
-        server, url = serve(args.run_dir, max_batch, args.queue)
+        server, url = serve(args.run_dir, max_batch, args.queue, args.stream_interval)
         try:
             print(f"--max-batch {max_batch}")
-            one_request(url, args.max_tokens, seed=0)  # warm-up
+            with httpx.Client() as http:
+                one_request(http, url, args.max_tokens, seed=0)  # warm-up
             before = rss_mb(server.pid)
             rates[max_batch] = [
                 load(url, clients, args.requests, args.max_tokens) for clients in args.clients

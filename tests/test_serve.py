@@ -488,3 +488,17 @@ def wait_until_metric(url: str, name: str, value: float, within: float = 5) -> N
     while metrics(url)[name] != value:
         assert time.monotonic() < deadline, f"{name} is not {value} within {within} s"
         time.sleep(0.02)
+
+
+def test_a_stream_interval_sends_fewer_larger_chunks_of_the_same_text(gpt_run: Path) -> None:
+    """--stream-interval 8: the first token's text at once, then a chunk every 8 steps (a
+    character each here), and the text `tinygpt sample` gives."""
+    expected = sampled(gpt_run, "ROMEO:", max_new_tokens=100, seed=3)[0]
+    body = {"prompt": "ROMEO:", "max_tokens": 100, "seed": 3, "stream": True}
+    with server(gpt_run, stream_interval=8) as url:
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+    lines = response.text.splitlines()
+    chunks = [json.loads(line[6:])["choices"][0] for line in lines if line.startswith("data: {")]
+    assert "".join(chunk["text"] for chunk in chunks) == expected
+    assert len(chunks[0]["text"]) == 1 and chunks[-1]["finish_reason"] == "length"
+    assert len(chunks) <= 1 + -(-99 // 8)  # every token alone would be 100 chunks

@@ -152,8 +152,9 @@ class WholeCompletion(Response):
 
 
 async def stream(engine: Engine, plan: Plan, include_usage: bool) -> StreamingResponse:
-    """Server-sent events: a chunk per piece of text, the last of each choice carrying its
-    finish_reason, the usage chunk if asked for, then [DONE]."""
+    """Server-sent events: a chunk per choice each time the engine hands text on (sent at
+    once), the last of each choice carrying its finish_reason, the usage chunk if asked
+    for, then [DONE]."""
     loop = asyncio.get_running_loop()
     steps: asyncio.Queue[list[Event] | None] = asyncio.Queue()
 
@@ -179,19 +180,16 @@ async def stream(engine: Engine, plan: Plan, include_usage: bool) -> StreamingRe
         return events
 
     async def body() -> AsyncIterator[bytes]:
-        held: dict[int, str] = {}  # each choice's newest text, sent when more comes
         try:
             while (events := await arrived()) is not None:
-                fresh: dict[int, str] = {}
+                texts: dict[int, str] = {}  # each choice's text of these steps, in order
+                finishes: dict[int, str] = {}
                 for index, text, finish in events:
-                    if finish:
-                        yield chunk(index, held.pop(index, "") + fresh.pop(index, ""), finish)
-                    else:
-                        fresh[index] = fresh.get(index, "") + text
-                for index, text in fresh.items():
-                    if index in held:
-                        yield chunk(index, held[index], None)
-                    held[index] = text
+                    texts[index] = texts.get(index, "") + text
+                    if finish:  # the engine hands a finish on with its choice's last text
+                        finishes[index] = finish
+                for index, text in texts.items():
+                    yield chunk(index, text, finishes.get(index))
             if include_usage:
                 usage = protocol.usage(plan.prompt_tokens, plan.completion_tokens)
                 envelope = protocol.envelope(request_id, engine.name, [])

@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits = (
         ("--max-batch", int, "max_batch", "choices of requests decoded together, a step for all"),
         ("--queue", int, "queue", "requests waiting for room in the batch before 429"),
+        (
+            "--stream-interval",
+            int,
+            "stream_interval",
+            "decoding steps a streamed chunk holds after the first token (fewer, larger "
+            "chunks for many clients; a finish goes at once)",
+        ),
         ("--max-prompt-tokens", int, "max_prompt_tokens", "longest prompt, in tokens"),
         ("--max-tokens", int, "max_tokens", "largest max_tokens a request may ask for"),
         ("--deadline", float, "deadline_s", "seconds of generation per request"),
@@ -129,6 +136,7 @@ def check_can_listen(host: str, port: int) -> None:
 def settings_from(args: argparse.Namespace) -> ServeSettings:
     return ServeSettings(
         max_batch=args.max_batch,
+        stream_interval=args.stream_interval,
         queue=args.queue,
         max_prompt_tokens=args.max_prompt_tokens,
         max_tokens=args.max_tokens,

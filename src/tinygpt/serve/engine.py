@@ -153,7 +153,9 @@ class Job:
     arrived: float
     groups: list[Group] = field(default_factory=list)
     first_token_ms: float | None = None
-    events: list[Event] = field(default_factory=list)  # this step's, not yet handed on
+    events: list[Event] = field(default_factory=list)  # not yet handed on
+    steps_held: int = 0  # steps whose events are in `events`
+    handed_on: bool = False  # has the request had text yet
 
     @property
     def rows(self) -> list[Row]:
@@ -173,10 +175,14 @@ class Job:
             row.done, row.choice.finish_reason = True, piece.finish
             self.events.append((row.choice.index, "", piece.finish))
 
-    def hand_on(self) -> None:
-        if self.events:
+    def hand_on(self, interval: int) -> None:
+        """The events so far to the request: its first text at once, then every `interval`
+        steps, and a choice's finish at once."""
+        self.steps_held += 1
+        due = self.steps_held >= interval or any(finish for _, _, finish in self.events)
+        if self.events and (due or not self.handed_on):
             self.on_events(self.events)
-            self.events = []
+            self.events, self.steps_held, self.handed_on = [], 0, True
 
 
 class Engine:
@@ -377,7 +383,7 @@ class Engine:
                 for row in job.rows:
                     if not row.done:
                         job.emit(row, row.text.end())
-            job.hand_on()
+            job.hand_on(self.settings.stream_interval)
         self.metrics.step(drawn)
         self._leave()
         self._read_tokens()

@@ -12,6 +12,7 @@ class ServeSettings:
     """The server's guards; every one has a command-line flag (`tinygpt serve --help`)."""
 
     max_batch: int = 16  # rows (choices of requests) decoded together, one step for all
+    stream_interval: int = 1  # a stream's chunks after its first carry this many steps' text
     queue: int = 8  # requests waiting for room in the batch; more get 429
     max_prompt_tokens: int = 2048
     max_tokens: int = 1024  # the largest max_tokens a request may ask for
@@ -22,7 +23,8 @@ class ServeSettings:
     log_prompts: bool = False  # the access log shows prompts' text (they may be private)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch", "max_prompt_tokens", "max_tokens", "max_body_bytes"):
+        positive = ("max_batch", "stream_interval", "max_prompt_tokens", "max_tokens")
+        for name in (*positive, "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if self.queue < 0:
