@@ -137,7 +137,14 @@ model.save_pretrained(asked["again"])
 tokenizer.save_pretrained(asked["again"])
 reloaded = auto.from_pretrained(asked["again"], trust_remote_code=True).eval()
 with torch.no_grad():
-    torch.save({"logits": model(batch).logits, "again": reloaded(batch).logits}, asked["out"])
+    saved = {"logits": model(batch).logits, "again": reloaded(batch).logits}
+    name = getattr(sys.modules[type(model).__module__], "CACHE_NAME", None)
+    if name:  # the carried GPT: 5 tokens into a cache, then 4 at once after them
+        cache = transformers.DynamicCache()
+        model(batch[:, :5], **{name: cache})
+        after = model(batch[:, 5:9], context_ids=batch[:, :5], **{name: cache}).logits
+        saved["cached"] = after
+torch.save(saved, asked["out"])
 read = []  # how many tokens each forward pass reads
 def count(_, args, kwargs):
     read.append(kwargs["input_ids"].size(1))
@@ -202,6 +209,8 @@ def test_each_presets_run_exports_and_matches_transformers_without_tinygpt(
     loaded = torch.load(tmp_path / "logits.pt")
     torch.testing.assert_close(loaded["logits"], logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(loaded["again"], loaded["logits"])  # save_pretrained keeps it
+    if not (stock or lecture):  # several new tokens after cached ones: the same logits
+        torch.testing.assert_close(loaded["cached"], logits[:, 5:9], atol=1e-5, rtol=1e-5)
     block = ours.config.model.block_size
     expected = greedy(ours.model, torch.tensor([prompt]), block, 100)  # past 64: it slides
     assert theirs["greedy"] == theirs["afresh"] == up_to_end(expected, ours.tokenizer.eot_id)

@@ -95,8 +95,9 @@ class Attention(nn.Module):
         else:  # the keys and values so far, these appended: (B, nh, past + T, hs)
             past = cache.get_seq_length(self.layer)
             k, v = cache.update(k, v, self.layer)
-            mask = attention_mask(T, past, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0)
+            causal = past == 0  # a window read afresh, as without a cache
+            mask = None if causal else attention_mask(T, past, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
