@@ -1,6 +1,7 @@
 """What a user waits for: the whole default `tinygpt train`, and where its seconds go.
 
-    python benchmarks/whole_command.py [--seeds 1337 1338 1339] [--repeats 5] [ARGS...]
+    python benchmarks/whole_command.py [--seeds 1337 1338 1339] [--repeats 5]
+                                       [--baseline REV] [ARGS...]
 
 Runs, as a user would from a shell (each a new process, on the corpus in tinygpt's cache):
 
@@ -13,16 +14,24 @@ Runs, as a user would from a shell (each a new process, on the corpus in tinygpt
   data, model and optimizer set-up, the plot, the sample, exit), with the val loss on the
   whole split at the end.
 
+`--baseline REV` also runs `tinygpt train` from the source of git revision REV (its `src`
+folder, on PYTHONPATH), alternating with this checkout seed by seed (which goes first
+alternates too), and prints both and the ratio of their medians: a change measured side by
+side on the same machine at the same time.
+
 Prints medians (min-max) and the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -40,9 +49,9 @@ IMPORTS = {
 }
 
 
-def wall(argv: list[str]) -> float:
+def wall(argv: list[str], env: dict[str, str] | None = None) -> float:
     began = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     return time.perf_counter() - began
 
 
@@ -50,8 +59,11 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} s ({min(values):.2f}-{max(values):.2f})"
 
 
-def train_once(seed: int, out: Path, extra: list[str]) -> dict[str, float]:
-    seconds = wall([*TINYGPT, "train", "--out", str(out), "--train.seed", str(seed), *extra])
+def train_once(
+    seed: int, out: Path, extra: list[str], env: dict[str, str] | None = None
+) -> dict[str, float]:
+    argv = [*TINYGPT, "train", "--out", str(out), "--train.seed", str(seed), *extra]
+    seconds = wall(argv, env)
     state = load_train_state(list_checkpoints(out)[-1])
     last = [json.loads(line) for line in RunDir(out).metrics.open(encoding="utf-8")][-1]
     return {
@@ -63,10 +75,36 @@ def train_once(seed: int, out: Path, extra: list[str]) -> dict[str, float]:
     }
 
 
+def source_of(revision: str, folder: Path) -> dict[str, str]:
+    """The environment that runs tinygpt from `revision`'s source, unpacked into `folder`."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision, "src"], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return {**os.environ, "PYTHONPATH": str(folder / "src")}
+
+
+def describe(run: dict[str, float]) -> str:
+    return (
+        f"{run['whole']:.2f} s = training steps {run['training']:.2f} + evaluations and "
+        f"checkpoints {run['evaluations']:.2f} + the rest {run['rest']:.2f}; val (whole "
+        f"split) {run['val']:.4f}"
+    )
+
+
+def summarise(name: str, runs: list[dict[str, float]]) -> None:
+    for part in ("whole", "training", "evaluations", "rest"):
+        print(f"{name} {part}: {spread([run[part] for run in runs])}")
+    ends = ", ".join(f"{run['val']:.4f}" for run in runs)
+    print(f"{name} val at the end: {ends}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339])
     parser.add_argument("--repeats", type=int, default=5, help="of each quick command")
+    parser.add_argument("--baseline", metavar="REV", help="git revision to run side by side")
     args, extra = parser.parse_known_args()
     print(f"cpu: {cpu_description()}")
     for name, argv in {"tinygpt --help": ["--help"], "tinygpt data": ["data"]}.items():
@@ -74,20 +112,26 @@ def main() -> None:
     for name, code in IMPORTS.items():
         times = [wall([sys.executable, "-c", code]) for _ in range(args.repeats)]
         print(f"python -c {code!r} ({name}): {spread(times)}")
-    runs = []
+    runs: dict[str, list[dict[str, float]]] = {"this checkout": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            run = train_once(seed, Path(tmp) / f"seed-{seed}", extra)
-            runs.append(run)
-            print(
-                f"tinygpt train, seed {seed}: {run['whole']:.2f} s = training steps "
-                f"{run['training']:.2f} + evaluations and checkpoints {run['evaluations']:.2f} "
-                f"+ the rest {run['rest']:.2f}; val (whole split) {run['val']:.4f}"
-            )
-    for part in ("whole", "training", "evaluations", "rest"):
-        print(f"{part}: {spread([run[part] for run in runs])}")
-    ends = ", ".join(f"{run['val']:.4f}" for run in runs)
-    print(f"val at the end: {ends}")
+        sources: dict[str, dict[str, str] | None] = {"this checkout": None}
+        if args.baseline:
+            sources[args.baseline] = source_of(args.baseline, Path(tmp) / "baseline")
+            runs[args.baseline] = []
+        for i, seed in enumerate(args.seeds):
+            order = list(sources) if i % 2 == 0 else list(reversed(sources))
+            for name in order:
+                out = Path(tmp) / f"run-{i}-{len(runs[name])}-{list(sources).index(name)}"
+                run = train_once(seed, out, extra, sources[name])
+                runs[name].append(run)
+                print(f"tinygpt train ({name}), seed {seed}: {describe(run)}", flush=True)
+    for name, kind in runs.items():
+        summarise(name, kind)
+    if args.baseline:
+        ratio = statistics.median(r["whole"] for r in runs["this checkout"]) / statistics.median(
+            r["whole"] for r in runs[args.baseline]
+        )
+        print(f"whole command, this checkout against {args.baseline}: {ratio:.3f}x the time")
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ def test_a_signal_during_the_sample_after_training_stops_it_at_once(
     assert "during the sample after training; the run is complete" in err
     assert err.count("\n") == 1, err
     assert load_checkpoint(run_dir).step == 5
+    assert RunDir(run_dir).loss_plot.read_bytes().startswith(b"\x89PNG")  # drawn meanwhile
 
 
 @pytest.mark.parametrize("when", ["first", "final"])

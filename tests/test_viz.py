@@ -13,8 +13,9 @@ import torch
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.rundir import RunDir
 from tinygpt.training.runs import train
+from tinygpt.viz import plot
 from tinygpt.viz.attention import attention_maps
-from tinygpt.viz.plot import plot_losses, plot_runs
+from tinygpt.viz.plot import losses_plotted_meanwhile, plot_losses, plot_runs
 from tinygpt.viz.probs import distribution, next_token
 
 from .conftest import tiny_config
@@ -168,3 +169,47 @@ def test_loss_plots_keep_a_60_character_run_name_inside(runs, tmp_path: Path) ->
     plot_losses(RunDir(long_name).metrics, tmp_path / "one.png")
     assert not touches_the_border(tmp_path / "several.png")
     assert not touches_the_border(tmp_path / "one.png")
+
+
+def _no_drawing_here(calls: list[Path]):
+    def record(metrics: Path, png: Path) -> None:
+        calls.append(png)
+        plot_losses(metrics, png)
+
+    return record
+
+
+def test_the_loss_plot_is_drawn_by_a_child_while_the_body_runs(runs, tmp_path, monkeypatch):
+    drawn_here: list[Path] = []
+    monkeypatch.setattr(plot, "plot_losses", _no_drawing_here(drawn_here))
+    png = tmp_path / "loss.png"
+    with losses_plotted_meanwhile(RunDir(runs["learned"]).metrics, png):
+        pass
+    assert png.read_bytes().startswith(b"\x89PNG") and drawn_here == []
+    assert list(tmp_path.iterdir()) == [png]  # nothing half-written beside it
+
+
+@pytest.mark.parametrize("python", ["/bin/false", "/no/such/python"])
+def test_a_loss_plot_the_child_does_not_draw_is_drawn_here(runs, tmp_path, monkeypatch, python):
+    drawn_here: list[Path] = []
+    monkeypatch.setattr(plot, "plot_losses", _no_drawing_here(drawn_here))
+    monkeypatch.setattr(plot.sys, "executable", python)
+    png = tmp_path / "loss.png"
+    with losses_plotted_meanwhile(RunDir(runs["learned"]).metrics, png):
+        assert not png.exists()
+    assert drawn_here == [png] and png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_body_that_raises_waits_for_the_child_and_draws_nothing_itself(
+    runs, tmp_path, monkeypatch
+):
+    drawn_here: list[Path] = []
+    monkeypatch.setattr(plot, "plot_losses", _no_drawing_here(drawn_here))
+    png = tmp_path / "loss.png"
+    with (
+        pytest.raises(KeyboardInterrupt),
+        losses_plotted_meanwhile(RunDir(runs["learned"]).metrics, png),
+    ):
+        raise KeyboardInterrupt
+    assert drawn_here == [] and png.read_bytes().startswith(b"\x89PNG")
+    assert list(tmp_path.iterdir()) == [png]

@@ -47,7 +47,7 @@ from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
 from tinygpt.training.loop import Session, fit, restore_train_state, training_session
 from tinygpt.training.metrics import drop_metrics_after
 from tinygpt.training.signals import stop_if_requested, stop_request
-from tinygpt.viz.plot import plot_losses
+from tinygpt.viz.plot import losses_plotted_meanwhile, plot_losses
 
 
 def train(
@@ -223,9 +223,11 @@ def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) 
     RunDir(run_dir).write_tokenizer(session.data.tokenizer)
     print_summary(session, run_dir, out)
     final = fit(session, run_dir, out, until)
-    plot_losses(RunDir(run_dir).metrics, RunDir(run_dir).loss_plot)
-    config = session.config
-    if config.train.sample_tokens and session.step == config.train.steps:
+    config, paths = session.config, RunDir(run_dir)
+    if not config.train.sample_tokens or session.step < config.train.steps:
+        plot_losses(paths.metrics, paths.loss_plot)
+        return final
+    with losses_plotted_meanwhile(paths.metrics, paths.loss_plot):  # on the other core
         print("--- sample ---", file=out)
         print_sample(session, config.train.sample_tokens, out)
     return final

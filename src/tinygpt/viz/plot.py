@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from tinygpt.errors import UserError
@@ -37,8 +41,40 @@ def plot_losses(metrics_path: Path, png_path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     tmp = png_path.with_suffix(".tmp.png")
-    save_figure(figure, tmp)
-    tmp.replace(png_path)
+    try:
+        save_figure(figure, tmp)
+        tmp.replace(png_path)
+    finally:
+        tmp.unlink(missing_ok=True)  # an interrupted save leaves no half-written file
+
+
+@contextlib.contextmanager
+def losses_plotted_meanwhile(metrics_path: Path, png_path: Path) -> Iterator[None]:
+    """plot_losses in a child process while the body runs, waited for after it.
+
+    The end of a run samples on one core while matplotlib is imported and draws on another:
+    about a second less to wait on a 2-core CPU. Where the child cannot start or does not
+    draw, the picture is drawn here after the body, as plot_losses always would (and its
+    error, if any, is raised here). A body that raises (a stop during the sample) waits for
+    the child: the run's picture is whole however its sample ends.
+    """
+    command = [sys.executable, "-m", __name__, str(metrics_path), str(png_path)]
+    try:
+        child: subprocess.Popen[bytes] | None = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C at the terminal stops the body, not the picture
+        )
+    except OSError:
+        child = None
+    try:
+        yield
+    finally:
+        drawn = child is not None and child.wait() == 0
+    if not drawn:
+        plot_losses(metrics_path, png_path)
 
 
 def plot_runs(run_dirs: list[Path], png_path: Path, x: str = "step") -> dict[str, list[float]]:
@@ -91,3 +127,7 @@ def _evaluations(run_dir: Path) -> list[dict]:
     if not evals:
         raise UserError(f"{run_dir} has no evaluation yet: nothing to plot")
     return evals
+
+
+if __name__ == "__main__":  # the child of losses_plotted_meanwhile
+    plot_losses(Path(sys.argv[1]), Path(sys.argv[2]))
