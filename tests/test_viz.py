@@ -171,7 +171,7 @@ def test_loss_plots_keep_a_60_character_run_name_inside(runs, tmp_path: Path) ->
     assert not touches_the_border(tmp_path / "one.png")
 
 
-def _no_drawing_here(calls: list[Path]):
+def _recorded_when_drawn_here(calls: list[Path]):
     def record(metrics: Path, png: Path) -> None:
         calls.append(png)
         plot_losses(metrics, png)
@@ -181,7 +181,7 @@ def _no_drawing_here(calls: list[Path]):
 
 def test_the_loss_plot_is_drawn_by_a_child_while_the_body_runs(runs, tmp_path, monkeypatch):
     drawn_here: list[Path] = []
-    monkeypatch.setattr(plot, "plot_losses", _no_drawing_here(drawn_here))
+    monkeypatch.setattr(plot, "plot_losses", _recorded_when_drawn_here(drawn_here))
     png = tmp_path / "loss.png"
     with losses_plotted_meanwhile(RunDir(runs["learned"]).metrics, png):
         pass
@@ -192,7 +192,7 @@ def test_the_loss_plot_is_drawn_by_a_child_while_the_body_runs(runs, tmp_path, m
 @pytest.mark.parametrize("python", ["/bin/false", "/no/such/python"])
 def test_a_loss_plot_the_child_does_not_draw_is_drawn_here(runs, tmp_path, monkeypatch, python):
     drawn_here: list[Path] = []
-    monkeypatch.setattr(plot, "plot_losses", _no_drawing_here(drawn_here))
+    monkeypatch.setattr(plot, "plot_losses", _recorded_when_drawn_here(drawn_here))
     monkeypatch.setattr(plot.sys, "executable", python)
     png = tmp_path / "loss.png"
     with losses_plotted_meanwhile(RunDir(runs["learned"]).metrics, png):
@@ -204,7 +204,7 @@ def test_a_body_that_raises_waits_for_the_child_and_draws_nothing_itself(
     runs, tmp_path, monkeypatch
 ):
     drawn_here: list[Path] = []
-    monkeypatch.setattr(plot, "plot_losses", _no_drawing_here(drawn_here))
+    monkeypatch.setattr(plot, "plot_losses", _recorded_when_drawn_here(drawn_here))
     png = tmp_path / "loss.png"
     with (
         pytest.raises(KeyboardInterrupt),

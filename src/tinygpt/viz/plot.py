@@ -58,7 +58,8 @@ def losses_plotted_meanwhile(metrics_path: Path, png_path: Path) -> Iterator[Non
     error, if any, is raised here). A body that raises (a stop during the sample) waits for
     the child: the run's picture is whole however its sample ends.
     """
-    command = [sys.executable, "-m", __name__, str(metrics_path), str(png_path)]
+    # -P: a module in the working directory cannot stand in for one the child imports
+    command = [sys.executable, "-P", "-m", __name__, str(metrics_path), str(png_path)]
     try:
         child: subprocess.Popen[bytes] | None = subprocess.Popen(
             command,
