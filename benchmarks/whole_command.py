@@ -71,6 +71,7 @@ def train_once(
         "training": state["training_s"],
         "evaluations": state["elapsed_s"] - state["training_s"],
         "rest": seconds - state["elapsed_s"],
+        "steps": state["step"],
         "val": last.get("whole_val_loss", last.get("val_loss", float("nan"))),
     }
 
@@ -88,8 +89,8 @@ def source_of(revision: str, folder: Path) -> dict[str, str]:
 def describe(run: dict[str, float]) -> str:
     return (
         f"{run['whole']:.2f} s = training steps {run['training']:.2f} + evaluations and "
-        f"checkpoints {run['evaluations']:.2f} + the rest {run['rest']:.2f}; val (whole "
-        f"split) {run['val']:.4f}"
+        f"checkpoints {run['evaluations']:.2f} + the rest {run['rest']:.2f}; {run['steps']:.0f} "
+        f"steps; val (whole split) {run['val']:.4f}"
     )
 
 

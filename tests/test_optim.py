@@ -1,4 +1,4 @@
-"""Learning-rate schedules at their edges, and the weight-decay groups."""
+"""Learning-rate schedules at their edges, the weight-decay groups, and Muon's iteration."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from tinygpt.training.optim import (
     LrSchedule,
     lr_scale_at,
     make_optimizer,
+    newton_schulz_on_gram,
+    orthogonalise,
     parameter_groups,
 )
 
@@ -114,6 +116,37 @@ def test_muon_pair_steps_and_restores_its_state() -> None:
         opt.step()
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch's Muon's
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_the_gram_iteration_takes_the_plain_iterations_steps(steps: int) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 48, dtype=torch.float64)
+    x = x / x.norm(dim=(-2, -1), keepdim=True)
+    a, b, c = COEFFICIENTS
+    plain = x
+    for _ in range(steps):  # the iteration as its papers write it
+        gram = plain @ plain.mT
+        plain = a * plain + (b * gram + c * gram @ gram) @ plain
+    on_gram = newton_schulz_on_gram(x, coefficients=COEFFICIENTS, steps=steps)
+    torch.testing.assert_close(on_gram, plain, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(2, 40, 16), (2, 16, 40), (2, 16, 16), (2, 24, 16)])
+def test_orthogonalise_in_float32_agrees_with_float64_whichever_way_it_iterates(shape) -> None:
+    torch.manual_seed(0)
+    updates = torch.randn(*shape)
+    settings = {"coefficients": COEFFICIENTS, "steps": 5, "eps": 1e-7}
+    ours = orthogonalise(updates, dtype=torch.float32, **settings)
+    exact = orthogonalise(updates.double(), dtype=torch.float64, **settings)  # the plain way
+    assert ours.dtype == torch.float32 and ours.shape == shape
+    torch.testing.assert_close(ours.double(), exact, rtol=0, atol=1e-5)
+    # what Newton-Schulz is for: every singular value pulled into about [0.7, 1.2]
+    singular_values = torch.linalg.svdvals(exact)
+    assert singular_values.min() > 0.5 and singular_values.max() < 1.3
 
 
 def test_batched_muon_matches_torch_muon() -> None:

@@ -41,19 +41,54 @@ def orthogonalise(
     """Newton-Schulz iterations from a stack of matrices towards semi-orthogonal ones.
 
     (n, rows, cols) -> (n, rows, cols) in `dtype`; the same iteration as torch's Muon, one
-    batched product per stage for the whole stack instead of one product per matrix.
+    batched product per stage for the whole stack instead of one product per matrix. In
+    float32, matrices at least twice as long as they are wide take the same iterates by way
+    of their Gram matrices (`newton_schulz_on_gram`), which costs fewer products.
     """
-    a, b, c = coefficients
     x = updates.to(dtype)
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT  # iterate on the short side: (n, short, long)
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm <= 1
-    for _ in range(steps):
-        gram = x @ x.mT  # (n, short, short)
-        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
-        x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b G + c G^2) X
+    # bfloat16's 8 bits would compound in the Gram matrix's own iteration: there the plain
+    # one, where its products are the fast ones anyway
+    if dtype == torch.float32 and x.size(-1) >= GRAM_FROM * x.size(-2):
+        x = newton_schulz_on_gram(x, coefficients=coefficients, steps=steps)
+    else:
+        a, b, c = coefficients
+        for _ in range(steps):
+            gram = x @ x.mT  # (n, short, short)
+            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+            x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b G + c G^2) X
     return x.mT if tall else x
+
+
+GRAM_FROM = 2  # long side / short side from which the Gram iteration takes fewer products
+
+
+def newton_schulz_on_gram(
+    x: torch.Tensor, *, coefficients: tuple[float, float, float], steps: int
+) -> torch.Tensor:
+    """`steps` Newton-Schulz iterations of a wide stack x (n, short, long), computed on its
+    (short, short) Gram matrices.
+
+    Each iteration multiplies X by a polynomial of its Gram matrix G = X X^T,
+    P = a I + b G + c G^2, so every iterate is X_k = Q_k X_0 with Q_{k+1} = P_k Q_k, and
+    G_{k+1} = P_k G_k P_k (P_k is a polynomial of G_k: they commute). Only the first Gram
+    matrix and the last product touch the long side: about 17 + 2 long/short products of
+    (short, short) size against 5 (1 + 2 long/short) for five plain iterations, 44% fewer
+    for a 4:1 matrix (an MLP's).
+    """
+    a, b, c = coefficients
+    gram = x @ x.mT  # (n, short, short)
+    product: torch.Tensor | None = None  # Q_k
+    for step in range(steps):
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b G + c G^2
+        poly.diagonal(dim1=-2, dim2=-1).add_(a)  # + a I
+        product = poly if product is None else poly @ product
+        if step < steps - 1:  # the last iteration's Gram matrix is never used
+            gram = poly @ gram @ poly
+    return x if product is None else product @ x  # (n, short, long)
 
 
 class BatchedMuon(torch.optim.Muon):
@@ -63,7 +98,8 @@ class BatchedMuon(torch.optim.Muon):
     scaled by sqrt(max(1, rows / cols)), decoupled weight decay. The small matrices of a
     CPU model make the per-matrix products slow; stacked, they take about half the time.
     `ns_dtype` float32 runs the iterations in float32 instead, for CPUs where bfloat16
-    products are 10-100x slower than float32 ones (the result agrees to bfloat16 rounding).
+    products are 10-100x slower than float32 ones (the result agrees to bfloat16 rounding);
+    there the oblong matrices iterate on their Gram matrices (`orthogonalise`).
     """
 
     def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any):
