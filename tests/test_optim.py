@@ -144,9 +144,9 @@ def test_orthogonalise_in_float32_agrees_with_float64_whichever_way_it_iterates(
     exact = orthogonalise(updates.double(), dtype=torch.float64, **settings)  # the plain way
     assert ours.dtype == torch.float32 and ours.shape == shape
     torch.testing.assert_close(ours.double(), exact, rtol=0, atol=1e-5)
-    # what Newton-Schulz is for: every singular value pulled into about [0.7, 1.2]
-    singular_values = torch.linalg.svdvals(exact)
-    assert singular_values.min() > 0.5 and singular_values.max() < 1.3
+    if shape[-1] != shape[-2]:  # what it is for: an oblong random matrix's singular values
+        singular_values = torch.linalg.svdvals(exact)  # pulled into about [0.7, 1.2]
+        assert singular_values.min() > 0.5 and singular_values.max() < 1.3
 
 
 def test_batched_muon_matches_torch_muon() -> None:
