@@ -1,4 +1,5 @@
-"""Learning-rate schedules at their edges, the weight-decay groups, and Muon's iteration."""
+"""Learning-rate schedules at their edges, the weight-decay groups, Muon's iteration, and the
+optimizers against torch's own (the same updates, state dicts that load either way)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from tinygpt.config import ModelConfig, OptimConfig
 from tinygpt.models.gpt import GPT
 from tinygpt.training.optim import (
+    AdamW,
     BatchedMuon,
     LrSchedule,
     lr_scale_at,
@@ -185,3 +187,79 @@ def test_adamw_uses_the_fused_kernel_on_a_cpu_and_matches_the_loop() -> None:
             opt.step()
     for a, b in zip(model.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # the same update, one kernel
+
+
+def take_steps(params, optimizer, grads) -> None:
+    for g in grads:
+        for p, grad in zip(params, g, strict=True):
+            p.grad = grad.clone()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_adamw_state_dicts_load_into_and_from_torchs_adamw(fused: bool) -> None:
+    """Checkpoints written while tinygpt used torch.optim.AdamW resume, and the other way:
+    the same state dict layout, and the same next steps."""
+    torch.manual_seed(0)
+    shapes = [(6, 4), (4,), (3, 5)]
+    grads = [[torch.randn(*s) for s in shapes] for _ in range(4)]
+    start = [torch.randn(*s) for s in shapes]
+
+    def params() -> list[torch.nn.Parameter]:
+        return [torch.nn.Parameter(t.clone()) for t in start]
+
+    def groups(ps):
+        return [{"params": ps[::2], "weight_decay": 0.1}, {"params": ps[1:2], "weight_decay": 0.0}]
+
+    settings = {"lr": 1e-2, "betas": (0.9, 0.95), "fused": fused}
+    ours, theirs = params(), params()
+    adamw, reference = (
+        AdamW(groups(ours), **settings),
+        torch.optim.AdamW(groups(theirs), **settings),
+    )
+    take_steps(ours, adamw, grads[:2])
+    take_steps(theirs, reference, grads[:2])
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # torch's own update function
+    ours_next, theirs_next = params(), params()
+    from_torch = AdamW(groups(ours_next), **settings)
+    from_torch.load_state_dict(copy.deepcopy(reference.state_dict()))
+    to_torch = torch.optim.AdamW(groups(theirs_next), **settings)
+    to_torch.load_state_dict(copy.deepcopy(adamw.state_dict()))
+    with torch.no_grad():
+        for p, q, a in zip(ours_next, theirs_next, ours, strict=True):
+            p.copy_(a), q.copy_(a)
+    for ps, opt in ((ours, adamw), (ours_next, from_torch), (theirs_next, to_torch)):
+        take_steps(ps, opt, grads[2:])
+    for a, b, c in zip(ours, ours_next, theirs_next, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        torch.testing.assert_close(c, a, rtol=0, atol=0)
+
+
+def test_muon_state_dicts_load_into_and_from_torchs_muon() -> None:
+    torch.manual_seed(0)
+    shapes = [(8, 4), (8, 4), (4, 4)]
+    grads = [[torch.randn(*s) for s in shapes] for _ in range(2)]
+    settings = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.8}
+    ours = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    muon, reference = BatchedMuon(ours, **settings), torch.optim.Muon(theirs, **settings)
+    take_steps(ours, muon, grads)
+    take_steps(theirs, reference, grads)
+    assert muon.state_dict()["param_groups"] == reference.state_dict()["param_groups"]
+    restored = BatchedMuon([torch.nn.Parameter(p.detach().clone()) for p in ours], **settings)
+    restored.load_state_dict(copy.deepcopy(reference.state_dict()))
+    to_torch = torch.optim.Muon([torch.nn.Parameter(p.detach().clone()) for p in ours], **settings)
+    to_torch.load_state_dict(copy.deepcopy(muon.state_dict()))
+    for p, q, r, t in zip(
+        ours, restored.parameters(), theirs, to_torch.param_groups[0]["params"], strict=True
+    ):
+        buffer = muon.state[p]["momentum_buffer"]
+        assert torch.equal(
+            restored.state[q]["momentum_buffer"], reference.state[r]["momentum_buffer"]
+        )
+        assert torch.equal(to_torch.state[t]["momentum_buffer"], buffer)
+    with pytest.raises(ValueError, match="other parameter groups"):
+        BatchedMuon(ours[:2], **settings).load_state_dict(reference.state_dict())
+    with pytest.raises(ValueError, match="2-D"):
+        BatchedMuon([torch.nn.Parameter(torch.zeros(3))])

@@ -63,10 +63,13 @@ class ProcessSettings:
         )
 
     def restore(self) -> None:
+        """Give back what changed (torch.use_deterministic_algorithms imports the compiler,
+        1.4 s on a 2-core CPU: called only where a run switched the mode)."""
         torch.set_num_threads(self.threads)
-        torch.use_deterministic_algorithms(
-            self.deterministic, warn_only=self.deterministic_warn_only
-        )
+        if ProcessSettings.current() != self:
+            torch.use_deterministic_algorithms(
+                self.deterministic, warn_only=self.deterministic_warn_only
+            )
 
 
 def seed_everything(seed: int) -> None:

@@ -61,7 +61,7 @@ from tinygpt.runtime import (
 from tinygpt.tokenizers import Tokenizer
 from tinygpt.training.budget import REPLAN_EVERY, TimeBudget
 from tinygpt.training.metrics import MetricsLog, Throughput, require_tensorboard
-from tinygpt.training.optim import LrSchedule, OptimizerPair, make_optimizer
+from tinygpt.training.optim import EagerOptimizer, LrSchedule, OptimizerPair, make_optimizer
 from tinygpt.training.signals import crash, planned_fault, stop_request
 
 
@@ -73,7 +73,7 @@ class Session:
     data: PreparedData
     model: LanguageModel  # the module whose weights are saved
     forward: Callable[..., Any]  # the model, or its compiled version
-    optimizer: torch.optim.Optimizer | OptimizerPair
+    optimizer: EagerOptimizer | OptimizerPair
     schedule: LrSchedule  # sets the optimizer's learning rates for each step
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None: float32

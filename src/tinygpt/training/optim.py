@@ -4,17 +4,21 @@ AdamW decays matrices only. With `optim.optimizer = "muon"`, the hidden matrices
 blocks are trained by Muon (orthogonalised momentum) and everything else by AdamW, as the
 speedruns do. Each schedule is a pure function of the step, so a resumed run gets the very
 same learning rates as an uninterrupted one.
+
+Both optimizers compute torch's updates (AdamW by torch's own function) but are not
+torch.optim.Optimizer subclasses: `EagerOptimizer` says why.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.adam import adam
 
 from tinygpt.config import OptimConfig
 from tinygpt.models import LanguageModel
@@ -91,8 +95,126 @@ def newton_schulz_on_gram(
     return x if product is None else product @ x  # (n, short, long)
 
 
-class BatchedMuon(torch.optim.Muon):
-    """torch's Muon, orthogonalising all matrices of one shape together.
+class EagerOptimizer:
+    """What the engine asks of an optimizer: `param_groups` (each group's settings with its
+    parameters; LrSchedule sets every group's "lr"), per-parameter `state`, `zero_grad`, and
+    a state dict laid out as torch.optim's (parameters numbered in group order), so a
+    checkpoint's optimizer state loads whichever of the two wrote it.
+
+    Not a torch.optim.Optimizer: its constructor, step and state dict import torch._dynamo
+    on first use (1.4 s of the default run's 10 s on a 2-core CPU), to keep the compiler
+    out of them; these are never compiled.
+    """
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        groups = list(params)
+        if groups and not isinstance(groups[0], dict):  # one group: a list of parameters
+            groups = [{"params": groups}]
+        self.defaults = defaults
+        self.param_groups = [{**defaults, **g, "params": list(g["params"])} for g in groups]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def step(self) -> None:
+        """Update every parameter that has a gradient."""
+        raise NotImplementedError
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.parameters():
+            if set_to_none:
+                param.grad = None
+            elif param.grad is not None:
+                param.grad.detach_().zero_()
+
+    def state_dict(self) -> dict[str, Any]:
+        number = {id(p): i for i, p in enumerate(self.parameters())}
+        groups = [
+            {**group, "params": [number[id(p)] for p in group["params"]]}
+            for group in self.param_groups
+        ]
+        return {"state": {number[id(p)]: s for p, s in self.state.items()}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved, values = state_dict["param_groups"], state_dict["state"]
+        if [len(g["params"]) for g in saved] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("the saved optimizer state has other parameter groups")
+        self.state = {}
+        for saved_group, group in zip(saved, self.param_groups, strict=True):
+            group.update({k: v for k, v in saved_group.items() if k != "params"})
+            for number, param in zip(saved_group["params"], group["params"], strict=True):
+                if number in values:
+                    self.state[param] = {
+                        key: _placed(key, value, param, fused=bool(group.get("fused")))
+                        for key, value in values[number].items()
+                    }
+
+
+def _placed(key: str, value: torch.Tensor, param: torch.Tensor, *, fused: bool) -> torch.Tensor:
+    """A saved state tensor where torch's optimizers put it, so a state saved on one device
+    loads on another: a step count in float32 (on the parameter's device for a fused
+    kernel), the rest on the parameter's device in its dtype."""
+    if key == "step":
+        return value.to(device=param.device if fused else "cpu", dtype=torch.float32)
+    return value.to(device=param.device, dtype=param.dtype)
+
+
+class AdamW(EagerOptimizer):
+    """torch's AdamW: torch's own update (`torch.optim.adam.adam` with decoupled weight
+    decay), `fused` into one kernel for all parameters (4x on a CPU), or one per tensor."""
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        fused: bool = False,
+    ) -> None:
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, {**defaults, "fused": fused})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            states = [self._state_of(p, fused=bool(group["fused"])) for p in params]
+            beta1, beta2 = group["betas"]
+            adam(
+                params,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [],  # no amsgrad
+                [s["step"] for s in states],
+                fused=bool(group["fused"]), foreach=False, capturable=False,
+                differentiable=False, grad_scale=None, found_inf=None, has_complex=False,
+                amsgrad=False, maximize=False, decoupled_weight_decay=True,
+                beta1=beta1, beta2=beta2, lr=group["lr"],
+                weight_decay=group["weight_decay"], eps=group["eps"],
+            )  # fmt: skip
+
+    def _state_of(self, param: torch.Tensor, *, fused: bool) -> dict[str, torch.Tensor]:
+        if param not in self.state:  # as torch's AdamW starts it
+            step_device = param.device if fused else None
+            self.state[param] = {
+                "step": torch.zeros((), dtype=torch.float32, device=step_device),
+                "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
+            }
+        return self.state[param]
+
+
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch's Muon's Newton-Schulz quintic
+
+
+class BatchedMuon(EagerOptimizer):
+    """torch's Muon (torch.optim.Muon), orthogonalising all matrices of one shape together.
 
     The update is torch's: Nesterov momentum, Newton-Schulz in bfloat16, the learning rate
     scaled by sqrt(max(1, rows / cols)), decoupled weight decay. The small matrices of a
@@ -102,22 +224,39 @@ class BatchedMuon(torch.optim.Muon):
     there the oblong matrices iterate on their Gram matrices (`orthogonalise`).
     """
 
-    def __init__(self, params: Any, ns_dtype: torch.dtype = torch.bfloat16, **kwargs: Any):
-        super().__init__(params, **kwargs)
+    def __init__(
+        self,
+        params: Iterable[Any],
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype = torch.bfloat16,
+    ) -> None:
+        defaults = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "nesterov": True,
+            "ns_coefficients": MUON_COEFFICIENTS,
+            "eps": 1e-7,
+            "ns_steps": ns_steps,
+            "adjust_lr_fn": None,  # torch's default: its "original" scaling, as here
+        }
+        super().__init__(params, defaults)
+        if any(p.dim() != 2 for p in self.parameters()):
+            raise ValueError("Muon orthogonalises matrices: every parameter must be 2-D")
         self.ns_dtype = ns_dtype
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]  # torch declares it with overloads; the same closure
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def step(self) -> None:
         for group in self.param_groups:
             by_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
             for param in group["params"]:
                 if param.grad is None:
                     continue
-                state = self.state[param]
+                state = self.state.setdefault(param, {})
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(param.grad)
                 buffer = state["momentum_buffer"]
@@ -137,13 +276,12 @@ class BatchedMuon(torch.optim.Muon):
                 for (param, _), step in zip(pairs, ortho, strict=True):
                     param.mul_(1 - group["lr"] * group["weight_decay"])
                     param.add_(step, alpha=-lr)
-        return loss
 
 
 class OptimizerPair:
     """Muon for the hidden matrices and AdamW for the rest, stepped as one optimizer."""
 
-    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer) -> None:
+    def __init__(self, muon: BatchedMuon, adamw: AdamW) -> None:
         self.optimizers = (muon, adamw)
 
     @property
@@ -168,7 +306,7 @@ class OptimizerPair:
 
 def make_optimizer(
     model: LanguageModel, config: OptimConfig, device: torch.device
-) -> torch.optim.Optimizer | OptimizerPair:
+) -> AdamW | OptimizerPair:
     """The configured optimizer: AdamW at `lr`, or Muon at `muon_lr` for the matrices inside
     the blocks (the model lists them: `hidden_matrices()`) and AdamW for the rest."""
     fused = device.type in ("cuda", "cpu")  # one kernel for all parameters (4x on a CPU)
@@ -177,9 +315,7 @@ def make_optimizer(
         muon_params = {id(p) for p in model.hidden_matrices()}
         params = [p for p in params if id(p) not in muon_params]
     groups = parameter_groups(params, config.weight_decay)
-    adamw = torch.optim.AdamW(
-        groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused or None
-    )
+    adamw = AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=fused)
     if config.optimizer == "adamw":
         return adamw
     muon = BatchedMuon(
@@ -240,7 +376,7 @@ class LrSchedule:
     """
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer | OptimizerPair, config: OptimConfig, total: int
+        self, optimizer: EagerOptimizer | OptimizerPair, config: OptimConfig, total: int
     ) -> None:
         self.optimizer, self.config, self.total_steps = optimizer, config, total
         self.peaks = [group["lr"] for group in optimizer.param_groups]
