@@ -191,7 +191,7 @@ class TrainConfig:
     eval_batches: int = option(20, "fixed batches per split in each evaluation")
     eval_rows: int = option(
         0,
-        "windows per evaluation forward pass (0: as many as pay, about 16k tokens; at least "
+        "windows per evaluation forward pass (0: as many as pay, about 4k tokens; at least "
         "batch_size in the periodic evaluations); the figures do not depend on it",
     )
     log_interval: int = option(100, "write a training line to metrics.jsonl every this many steps")

@@ -35,8 +35,10 @@ def _check(stop: Callable[[], bool]) -> None:
 
 # Small models' batches are too small to keep a CPU busy: evaluation scores several in one
 # forward pass, up to this many tokens, and fewer where the logits would grow past the second
-# bound (a large vocabulary).
-EVAL_TOKENS_PER_FORWARD = 1 << 14
+# bound (a large vocabulary). More tokens a pass outgrow the CPU's caches: on two cores,
+# 4k tokens a pass score cpu-fast's, cpu-5min's and cpu-baby's models 1.3-2.3x faster than
+# 16k, and lecture-notebook's 6% slower (benchmarks/RESULTS.md, "Tokens per evaluation pass").
+EVAL_TOKENS_PER_FORWARD = 1 << 12
 EVAL_LOGITS_PER_FORWARD = 1 << 22
 
 
