@@ -12,7 +12,7 @@ import torch
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import RunConfig, resolve
 from tinygpt.errors import UserError
-from tinygpt.rundir import list_checkpoints
+from tinygpt.rundir import RunDir, list_checkpoints
 from tinygpt.training.loop import setup, train_step, training_session
 from tinygpt.training.runs import resume, train
 
@@ -101,6 +101,27 @@ def test_a_training_session_gives_the_process_its_threads_back_however_it_ends(
     with pytest.raises(RuntimeError, match="a failure inside"), training_session(config) as run:
         assert torch.get_num_threads() == other == run.config.train.threads
         raise RuntimeError("a failure inside")
+    assert torch.get_num_threads() == before
+
+
+def test_the_sample_leaves_the_plotting_child_a_core_and_gives_the_threads_back(
+    shakespeare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tinygpt.training.runs as runs
+
+    seen, stream_text = [], runs.stream_text
+
+    def counting_threads(*args: object, **kwargs: object):
+        for piece in stream_text(*args, **kwargs):  # type: ignore[arg-type]
+            seen.append(torch.get_num_threads())
+            yield piece
+
+    monkeypatch.setattr(runs, "stream_text", counting_threads)
+    before = torch.get_num_threads()
+    out = io.StringIO()
+    train(tiny_config(threads=2, sample_tokens=20), tmp_path / "run", out=out)
+    assert "--- sample ---" in out.getvalue() and seen and set(seen) == {1}
+    assert RunDir(tmp_path / "run").loss_plot.stat().st_size > 0  # drawn meanwhile
     assert torch.get_num_threads() == before
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -9,6 +10,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,18 +103,25 @@ def _matmul_seconds(dtype: torch.dtype, size: int = 256, repeats: int = 3) -> fl
     would otherwise count, and a 0.2 ms float32 product could look as slow as a bfloat16 one.
     """
     a = torch.ones(size, size, dtype=dtype)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with cpu_threads(1):
         torch.mm(a, a)  # untimed: oneDNN compiles its kernel on the first call
         best = float("inf")
         for _ in range(repeats):
             start = time.process_time()
             torch.mm(a, a)
             best = min(best, time.process_time() - start)
+    return best
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """torch's CPU threads set to `count` (at least 1) for the body, given back after it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, count))
+    try:
+        yield
     finally:
         torch.set_num_threads(threads)
-    return best
 
 
 def bf16_is_fast(device: torch.device) -> bool:

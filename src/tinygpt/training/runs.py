@@ -42,7 +42,7 @@ from tinygpt.rundir import (
     why_not_a_run,
     writing,
 )
-from tinygpt.runtime import barrier, distributed_from_env, restart_count
+from tinygpt.runtime import barrier, cpu_threads, distributed_from_env, restart_count
 from tinygpt.tokenizers import Tokenizer, tokenizer_from_dict
 from tinygpt.training.loop import Session, fit, restore_train_state, training_session
 from tinygpt.training.metrics import drop_metrics_after
@@ -227,7 +227,9 @@ def run(session: Session, run_dir: Path, out: TextIO | None, until: int | None) 
     if not config.train.sample_tokens or session.step < config.train.steps:
         plot_losses(paths.metrics, paths.loss_plot)
         return final
-    with losses_plotted_meanwhile(paths.metrics, paths.loss_plot):  # on the other core
+    # the picture is drawn in a child process on a core of its own, the sample on the rest
+    one_core_left = cpu_threads(torch.get_num_threads() - 1)
+    with losses_plotted_meanwhile(paths.metrics, paths.loss_plot), one_core_left:
         print("--- sample ---", file=out)
         print_sample(session, config.train.sample_tokens, out)
     return final
