@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -48,6 +49,29 @@ def test_loss_at_initialisation_is_near_ln_vocab(shakespeare) -> None:
     stacked = estimated(8)
     for split, value in losses.items():
         assert stacked[split] == pytest.approx(value, abs=1e-5)
+
+
+@pytest.mark.parametrize("ngram", [0, 3])
+def test_a_zero_initialised_head_knows_its_loss_without_a_pass(ngram: int) -> None:
+    config = ModelConfig(
+        block_size=16, n_layer=1, n_head=2, n_embd=32, zero_init=True, tie_weights=False,
+        ngram=ngram,
+    )  # fmt: skip
+    model = build_model(config, 65)
+    idx, targets = torch.randint(65, (3, 16)), torch.randint(65, (3, 16))
+    _, loss = model(idx, targets)
+    assert model.uniform_loss() == math.log(65)
+    assert loss is not None and loss.item() == pytest.approx(math.log(65), abs=1e-6)
+    weights = [model.lm_head.weight] + ([model.ngram.weight] if ngram else [])
+    for weight in weights:  # any one of them trained: the input matters again
+        with torch.no_grad():
+            weight[5, 7] = 0.1
+        assert model.uniform_loss() is None
+        with torch.no_grad():
+            weight[5, 7] = 0.0
+    tied = build_model(dataclasses.replace(config, tie_weights=True), 65)  # the embedding
+    assert tied.uniform_loss() is None
+    assert BigramLanguageModel(65).uniform_loss() is None
 
 
 def test_bigram_preset_reaches_the_lecture_loss(shakespeare, tmp_path: Path) -> None:

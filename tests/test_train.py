@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,28 @@ def test_the_sample_leaves_the_plotting_child_a_core_and_gives_the_threads_back(
     assert "--- sample ---" in out.getvalue() and seen and set(seen) == {1}
     assert RunDir(tmp_path / "run").loss_plot.stat().st_size > 0  # drawn meanwhile
     assert torch.get_num_threads() == before
+
+
+def test_step_0_of_a_zero_initialised_head_is_scored_without_a_pass(
+    shakespeare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tinygpt.training.loop as loop
+
+    passes, estimate_loss = [], loop.estimate_loss
+
+    def counted(*args: object, **kwargs: object) -> dict[str, float]:
+        passes.append(1)
+        return estimate_loss(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "estimate_loss", counted)
+    config = tiny_config({"zero_init": True, "tie_weights": False}, steps=20)
+    train(config, tmp_path / "run", out=io.StringIO())
+    evaluations = [line for line in metrics(tmp_path / "run") if "val_loss" in line]
+    assert [line["step"] for line in evaluations] == [0, 10, 20] and len(passes) == 2
+    first = evaluations[0]
+    assert first["val_loss"] == first["train_loss"] == round(math.log(65), 6)
+    assert first["val_bpb"] == pytest.approx(math.log2(65))  # a character a token
+    assert evaluations[-1]["val_loss"] < 3.5
 
 
 def test_compile_without_a_compiler_is_one_line(

@@ -38,6 +38,12 @@ class LanguageModel(nn.Module):
         """Its kind and shape in one line, for logs and `tinygpt inspect`."""
         raise NotImplementedError
 
+    def uniform_loss(self) -> float | None:
+        """ln(vocabulary) where the model predicts the uniform distribution whatever its
+        input (every logit zero, as a zero-initialised head makes it): its loss on any text,
+        known without a forward pass. None where its predictions depend on the input."""
+        return None
+
     def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) tokens -> (layers, B, heads, T, T): each head's attention, row by row."""
         raise NotImplementedError(f"{type(self).__name__} has no attention maps")

@@ -354,6 +354,13 @@ class GPT(LanguageModel):
             f"{c.block_size}" + (f" ({', '.join(switches)})" if switches else "")
         )
 
+    def uniform_loss(self) -> float | None:
+        # the logits are the head's product plus the pair table's row: both zero, whatever x
+        heads = [self.lm_head.weight, self.ngram.weight if self.ngram is not None else None]
+        if any(weight is not None and bool(weight.any()) for weight in heads):
+            return None
+        return math.log(self.lm_head.out_features)
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):

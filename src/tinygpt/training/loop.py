@@ -259,10 +259,28 @@ def eval_rows(session: Session) -> int:
 
 
 def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:
-    cfg = session.config
     splits = {"train": session.data.train, "val": session.data.val}
+    # a zero-initialised head at step 0: no batch can tell more than ln(vocabulary)
+    if (uniform := session.model.uniform_loss()) is not None:
+        losses = {f"{split}_loss": uniform for split in splits}
+    else:
+        losses = _estimate_loss(session, splits, stop)
+    data = session.data
+    return {
+        **losses,
+        **{
+            f"{split}_bpb": bits_per_byte(losses[f"{split}_loss"], data.tokens_per_byte(split))
+            for split in splits
+        },
+    }
+
+
+def _estimate_loss(
+    session: Session, splits: dict[str, Any], stop: Callable[[], bool]
+) -> dict[str, float]:
+    cfg = session.config
     with autocast(session):
-        losses = estimate_loss(
+        return estimate_loss(
             session.model,  # eager: a compiled model would also compile for inference
             splits,
             n_batches=cfg.train.eval_batches,
@@ -274,14 +292,6 @@ def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, fl
             stop=stop,
             batches_per_forward=max(1, eval_rows(session) // cfg.train.batch_size),
         )
-    data = session.data
-    return {
-        **losses,
-        **{
-            f"{split}_bpb": bits_per_byte(losses[f"{split}_loss"], data.tokens_per_byte(split))
-            for split in splits
-        },
-    }
 
 
 class StepResult(NamedTuple):
