@@ -6,8 +6,9 @@
 Runs, as a user would from a shell (each a new process, on the corpus in tinygpt's cache):
 
 - `tinygpt --help` and `tinygpt data`, `--repeats` times each: they import no torch;
-- `python -c "import torch"`, then `torch._dynamo` (which every torch optimizer's first step
-  imports) and matplotlib's Figure on top of it: what the imports cost;
+- `python -c "import torch"`, then `torch._dynamo` (which a torch optimizer's first step
+  imports; tinygpt's own optimizers and an uncompiled run do without it) and matplotlib's
+  Figure on top of it: what the imports cost;
 - `tinygpt train --out DIR --train.seed S` (plus ARGS) for each seed, and from the run's
   own records splits its wall time into training steps (the checkpoint's `training_s`),
   evaluations and checkpoints (the rest of its `elapsed_s`), and everything else (imports,
