@@ -228,6 +228,9 @@ def main() -> None:
         print(f"{preset}: time to {args.target}: {summary(times)}")
         ended_under = sum(curve[-1][2] <= args.target for curve in runs)
         print(f"  {ended_under} of {len(runs)} runs end at or under {args.target}")
+        median_end = statistics.median(curve[-1][2] for curve in runs)
+        verdict = "met" if median_end <= args.target else "not met"
+        print(f"  median val at the end {median_end:.4f}; goal, at most {args.target}: {verdict}")
         for curve in runs:
             (t, step, val), low = curve[-1], min(curve, key=lambda point: point[2])
             print(

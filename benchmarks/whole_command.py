@@ -20,7 +20,9 @@ folder, on PYTHONPATH), alternating with this checkout seed by seed (which goes 
 alternates too), and prints both and the ratio of their medians: a change measured side by
 side on the same machine at the same time.
 
-Prints medians (min-max) and the CPU.
+Prints medians (min-max), the CPU, and whether each goal of the speed round holds: `--help`
+and `data` under 0.5 s; the whole command's median at most `--goal-seconds` (6) with every
+seed's val at most `--goal-val` (1.89).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tinygpt.rundir import RunDir, list_checkpoints
 from tinygpt.runtime import cpu_description
 
 TINYGPT = [sys.executable, "-m", "tinygpt"]
+QUICK_GOAL_S = 0.5  # `--help` and `data` import no torch
 IMPORTS = {
     "python": "pass",
     "torch": "import torch",
@@ -95,11 +98,17 @@ def describe(run: dict[str, float]) -> str:
     )
 
 
-def summarise(name: str, runs: list[dict[str, float]]) -> None:
+def summarise(name: str, runs: list[dict[str, float]], goal_s: float, goal_val: float) -> None:
     for part in ("whole", "training", "evaluations", "rest"):
         print(f"{name} {part}: {spread([run[part] for run in runs])}")
     ends = ", ".join(f"{run['val']:.4f}" for run in runs)
     print(f"{name} val at the end: {ends}")
+    whole, worst = statistics.median(run["whole"] for run in runs), max(run["val"] for run in runs)
+    verdict = "met" if whole <= goal_s and worst <= goal_val else "not met"
+    print(
+        f"{name} goal, the whole command in at most {goal_s:g} s with every seed at most "
+        f"{goal_val:g}: {verdict} ({whole:.2f} s, worst val {worst:.4f})"
+    )
 
 
 def main() -> None:
@@ -107,10 +116,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339])
     parser.add_argument("--repeats", type=int, default=5, help="of each quick command")
     parser.add_argument("--baseline", metavar="REV", help="git revision to run side by side")
+    parser.add_argument("--goal-seconds", type=float, default=6.0, help="of the whole command")
+    parser.add_argument("--goal-val", type=float, default=1.89, help="for every seed")
     args, extra = parser.parse_known_args()
     print(f"cpu: {cpu_description()}")
     for name, argv in {"tinygpt --help": ["--help"], "tinygpt data": ["data"]}.items():
-        print(f"{name}: {spread([wall([*TINYGPT, *argv]) for _ in range(args.repeats)])}")
+        times = [wall([*TINYGPT, *argv]) for _ in range(args.repeats)]
+        verdict = "met" if statistics.median(times) < QUICK_GOAL_S else "not met"
+        print(f"{name}: {spread(times)}; goal under {QUICK_GOAL_S:g} s: {verdict}")
     for name, code in IMPORTS.items():
         times = [wall([sys.executable, "-c", code]) for _ in range(args.repeats)]
         print(f"python -c {code!r} ({name}): {spread(times)}")
@@ -128,7 +141,7 @@ def main() -> None:
                 runs[name].append(run)
                 print(f"tinygpt train ({name}), seed {seed}: {describe(run)}", flush=True)
     for name, kind in runs.items():
-        summarise(name, kind)
+        summarise(name, kind, args.goal_seconds, args.goal_val)
     if args.baseline:
         ratio = statistics.median(r["whole"] for r in runs["this checkout"]) / statistics.median(
             r["whole"] for r in runs[args.baseline]
