@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -112,8 +114,8 @@ def test_the_sample_leaves_the_plotting_child_a_core_and_gives_the_threads_back(
 
     seen, stream_text = [], runs.stream_text
 
-    def counting_threads(*args: object, **kwargs: object):
-        for piece in stream_text(*args, **kwargs):  # type: ignore[arg-type]
+    def counting_threads(*args: Any, **kwargs: Any) -> Iterator[str]:
+        for piece in stream_text(*args, **kwargs):
             seen.append(torch.get_num_threads())
             yield piece
 
@@ -133,9 +135,9 @@ def test_step_0_of_a_zero_initialised_head_is_scored_without_a_pass(
 
     passes, estimate_loss = [], loop.estimate_loss
 
-    def counted(*args: object, **kwargs: object) -> dict[str, float]:
+    def counted(*args: Any, **kwargs: Any) -> dict[str, float]:
         passes.append(1)
-        return estimate_loss(*args, **kwargs)  # type: ignore[arg-type]
+        return estimate_loss(*args, **kwargs)
 
     monkeypatch.setattr(loop, "estimate_loss", counted)
     config = tiny_config({"zero_init": True, "tie_weights": False}, steps=20)
