@@ -57,6 +57,7 @@ def test_precedence_defaults_preset_file_overrides(tmp_path: Path) -> None:
         ({"model": {"arch": "rnn"}}, "unknown model.arch 'rnn'"),
         ({"model": {"ngram": 4}}, r"model.ngram must be 0 \(none\), 2 or 3"),
         ({"model": {"smear": -1}}, "model.smear must not be negative"),
+        ({"model": {"ngram_counts": -0.5}}, "model.ngram_counts must not be negative"),
         ({"train": {"device": "tpu"}}, "unknown train.device 'tpu'"),
         ({"train": 3}, "must be a table"),
     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from tinygpt.models.layers import (
     two_column_product,
     two_columns_pay,
 )
+from tinygpt.models.lookback import ngram_log_frequencies
 
 VOCAB = 65
 SMALL = ModelConfig(arch="gpt", block_size=16, n_layer=2, n_head=4, n_embd=32)
@@ -182,9 +184,47 @@ def test_ngram_table_adds_the_row_of_the_last_tokens(n: int) -> None:
         torch.testing.assert_close(logits[b, t], table[row])
 
 
+def test_ngram_log_frequencies_are_the_smoothed_counts() -> None:
+    text = np.array([0, 1, 2] * 50 + [0, 1, 0], dtype=np.uint16)  # 'abc' over and over, one 'aba'
+    bigram = ngram_log_frequencies(text, 2, 4)
+    table = ngram_log_frequencies(text, 3, 4)
+    assert bigram.shape == (4, 4) and table.shape == (5 * 4, 4)
+    torch.testing.assert_close(bigram.exp().sum(1), torch.ones(4))  # each row a distribution
+    torch.testing.assert_close(table.exp().sum(1), torch.ones(20))
+    assert bigram[0].argmax() == 1 and bigram[1].argmax() == 2 and bigram[2].argmax() == 0
+    # after 'b' comes 'c' 50 times and 'a' once; after the pair 'ab' too, but a pair seen
+    # 51 times is sure of more than the smoothing says, so 'ab' -> 'c' beats 'b' -> 'c'
+    ab, bc = (0 + 1) * 4 + 1, (1 + 1) * 4 + 2
+    assert table[ab].argmax() == 2 and table[ab, 2] > bigram[1, 2]
+    assert table[bc].argmax() == 0
+    torch.testing.assert_close(table[:4], bigram)  # no token before: the bigram's rows
+    never = (3 + 1) * 4 + 3  # the pair 'dd' never occurs: its row is its bigram's guess
+    torch.testing.assert_close(table[never], bigram[3])
+    assert torch.isfinite(table).all() and bigram[3, 3] > -math.inf  # nothing impossible
+
+
+def test_warm_start_sets_the_table_from_counts_and_nothing_else() -> None:
+    tokens = torch.randint(VOCAB, (5000,), generator=torch.Generator().manual_seed(0))
+    tokens = np.asarray(tokens.numpy(), dtype=np.uint16)
+    base = dataclasses.replace(SMALL, ngram=3, zero_init=True, tie_weights=False)
+    for counts in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = GPT(dataclasses.replace(base, ngram_counts=counts), VOCAB)
+        before = {name: p.clone() for name, p in model.named_parameters()}
+        model.warm_start(tokens)
+        for name, param in model.named_parameters():
+            if name != "ngram.weight" or not counts:
+                assert torch.equal(param, before[name]), name
+        expected = counts * ngram_log_frequencies(tokens, 3, VOCAB)
+        torch.testing.assert_close(model.ngram.weight, expected)
+        assert (model.uniform_loss() is None) == bool(counts)  # step 0 needs a pass now
+
+
 def test_an_ngram_table_too_big_for_the_vocabulary_is_turned_off_with_a_note(capsys) -> None:
     pairs = dataclasses.replace(SMALL, ngram=3)
     assert fit_to_vocabulary(pairs, 512).ngram == 0  # a small BPE's pairs: too many
+    counted = fit_to_vocabulary(dataclasses.replace(pairs, ngram_counts=0.5), 512)
+    assert counted.ngram == 0 and counted.ngram_counts == 0  # its warm start goes with it
     assert "model.ngram 3 is off: its table would hold 134,479,872 parameters" in (
         capsys.readouterr().err
     )

@@ -15,6 +15,7 @@ import torch
 from tinygpt.checkpoint import load_checkpoint
 from tinygpt.config import RunConfig, resolve
 from tinygpt.errors import UserError
+from tinygpt.models.lookback import ngram_log_frequencies
 from tinygpt.rundir import RunDir, list_checkpoints
 from tinygpt.training.loop import setup, train_step, training_session
 from tinygpt.training.runs import resume, train
@@ -93,6 +94,18 @@ def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, prese
     train(config, tmp_path / "split", out=io.StringIO(), until=4)
     resume(tmp_path / "split", out=io.StringIO())
     assert_same_weights(tmp_path / "whole", tmp_path / "split")
+
+
+def test_a_new_run_starts_its_pair_table_from_the_train_splits_counts(
+    shakespeare, tmp_path: Path
+) -> None:
+    switches = {"ngram": 3, "ngram_counts": 0.35, "zero_init": True, "tie_weights": False}
+    with training_session(tiny_config(switches)) as session:
+        counted = ngram_log_frequencies(session.data.train, 3, 65)
+        torch.testing.assert_close(session.model.ngram.weight, 0.35 * counted)
+    train(tiny_config(switches, steps=10), tmp_path / "run", out=io.StringIO())
+    first = next(line for line in metrics(tmp_path / "run") if "val_loss" in line)
+    assert first["step"] == 0 and first["val_loss"] < 3.0 < math.log(65)  # a trigram's start
 
 
 def test_a_training_session_gives_the_process_its_threads_back_however_it_ends(

@@ -100,6 +100,9 @@ class ModelConfig:
     ngram: int = option(
         0, "add an n-gram table's logits: 2 by the last token, 3 by the last two (0: none)"
     )
+    ngram_counts: float = option(
+        0.0, "start model.ngram's table at this multiple of the train split's log-frequencies"
+    )
     logit_softcap: float = option(0.0, "squash logits into (-c, c) with c*tanh(x/c) (0: off)")
     lecture_step: LectureStep = option(
         "layernorm", "arch lecture: how far along the lecture's code (models/lecture.py)"
@@ -121,6 +124,7 @@ class ModelConfig:
         _require(self.logit_softcap >= 0, "model.logit_softcap must not be negative")
         _require(self.smear >= 0, "model.smear must not be negative")
         _require(self.ngram in (0, 2, 3), "model.ngram must be 0 (none), 2 or 3")
+        _require(self.ngram_counts >= 0, "model.ngram_counts must not be negative")
 
 
 MAX_NGRAM_PARAMETERS = 1 << 23  # a bigger n-gram table is too big to learn in a small run
@@ -143,7 +147,7 @@ def fit_to_vocabulary(config: ModelConfig, vocab_size: int) -> ModelConfig:
         f"model.ngram {config.ngram} is off: its table would hold {size:,} parameters with "
         f"{vocab_size:,} tokens; it is for character vocabularies"
     )
-    return dataclasses.replace(config, ngram=0)
+    return dataclasses.replace(config, ngram=0, ngram_counts=0.0)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,6 +44,10 @@ class LanguageModel(nn.Module):
         input (every logit zero, as a zero-initialised head makes it): its loss on any text,
         known without a forward pass. None where its predictions depend on the input."""
         return None
+
+    def warm_start(self, train_tokens: np.ndarray) -> None:
+        """Before the first step of a new run: set what the training split's statistics
+        tell before any training (a GPT's n-gram table from its counts). Nothing by default."""
 
     def attention_weights(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, T) tokens -> (layers, B, heads, T, T): each head's attention, row by row."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +31,7 @@ from tinygpt.models.layers import (
     relu_squared,
     rotary_tables,
 )
-from tinygpt.models.lookback import ngram_rows, smeared_embeddings
+from tinygpt.models.lookback import ngram_log_frequencies, ngram_rows, smeared_embeddings
 
 
 @dataclass
@@ -360,6 +361,16 @@ class GPT(LanguageModel):
         if any(weight is not None and bool(weight.any()) for weight in heads):
             return None
         return math.log(self.lm_head.out_features)
+
+    @torch.no_grad()
+    def warm_start(self, train_tokens: np.ndarray) -> None:
+        # a fraction of the counted log-probabilities: the full ones (the pair table alone
+        # is a trigram model) leave the blocks too little to learn, and train worse
+        if self.ngram is not None and self.config.ngram_counts:
+            counted = ngram_log_frequencies(
+                train_tokens, self.config.ngram, self.ngram.embedding_dim
+            )
+            self.ngram.weight.copy_(self.config.ngram_counts * counted)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -1,7 +1,8 @@
 """Two ways a small GPT sees the last few tokens directly, which it would otherwise spend
 most of a short run learning to look up: `smear` (each token's embedding plus gated
 embeddings of the tokens before it) and the n-gram table (logits looked up by the last token,
-the lecture's bigram, or by the last two). The GPT owns their weights; here is their
+the lecture's bigram, or by the last two), which can start from the training split's counts,
+as the lecture's first bigram model is. The GPT owns their weights; here is their
 arithmetic, so that the model's own forward stays the lecture's.
 
 In a cached pass (decoding) the tokens before the new ones come from the cache's copy of the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,3 +65,29 @@ def ngram_rows(
         return idx
     before = with_earlier(idx, positions, cache, 1)[:, : idx.size(1)]  # (B, T): -1 for none
     return (before + 1) * vocab_size + idx
+
+
+COUNTED_TOKENS = 1 << 24  # a large corpus's first 16M tokens say enough about its n-grams
+SMOOTHING = 1.0, 2.0  # add-k counts: bigrams towards the unigram, pairs towards the bigram
+
+
+def ngram_log_frequencies(tokens: np.ndarray, n: int, vocab_size: int) -> torch.Tensor:
+    """(N,) token ids -> the n-gram table's rows as log-probabilities of the next token,
+    counted in `tokens`: (V, V) by the last token (n=2), or ((V + 1) * V, V) by the last two
+    (n=3; a window's first token, with none before it, gets the bigram's row).
+
+    Each order is smoothed towards the one below it (add-k, SMOOTHING), so that a pair never
+    seen gets its bigram's guess rather than minus infinity."""
+    V, to_bigram, to_pair = vocab_size, *SMOOTHING
+    t = torch.from_numpy(np.asarray(tokens[:COUNTED_TOKENS], dtype=np.int64))
+    unigram = torch.bincount(t, minlength=V).double() + 1  # (V,): no token has zero chance
+    unigram /= unigram.sum()
+    pairs = torch.bincount(t[:-1] * V + t[1:], minlength=V * V).double().view(V, V)
+    bigram = (pairs + to_bigram * unigram) / (pairs.sum(1, keepdim=True) + to_bigram)
+    if n == 2:
+        return bigram.log().float()
+    flat = (t[:-2] * V + t[1:-1]) * V + t[2:]  # (before, last, next) as one index
+    triples = torch.bincount(flat, minlength=V**3).double().view(V, V, V)
+    trigram = (triples + to_pair * bigram) / (triples.sum(2, keepdim=True) + to_pair)
+    rows = torch.cat([bigram.unsqueeze(0), trigram])  # (V + 1, V, V): 'none' before first
+    return rows.view((V + 1) * V, V).log().float()

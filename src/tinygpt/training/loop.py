@@ -134,6 +134,8 @@ def setup(
     model = build_model(config.model, data.tokenizer.vocab_size)
     if weights is not None:
         model.load_state_dict(weights)
+    else:  # (a resumed run's weights replace these too, after setup)
+        model.warm_start(data.train)
     model = model.to(device)
     if config.train.compile:
         require_compiler(device)
