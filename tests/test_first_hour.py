@@ -22,7 +22,7 @@ import pytest
 
 import tinygpt.training.loop as engine
 from tinygpt.cli import unescape
-from tinygpt.config import RunConfig
+from tinygpt.config import RunConfig, resolve
 from tinygpt.rundir import RunDir, list_checkpoints
 from tinygpt.training.runs import resume, train
 
@@ -195,7 +195,9 @@ def test_train_help_shows_the_values_that_run(cli) -> None:
     code, out, _ = cli("train", "--help")
     flat = " ".join(out.split())
     assert code == 0 and "cpu-fast (the default on a CPU" in flat
-    assert "optimizer steps to train for (default: 300)" in flat
+    steps = resolve("cpu-fast").train.steps  # the preset's, not the dataclass's 2,000
+    assert steps != RunConfig().train.steps
+    assert f"optimizer steps to train for (default: {steps})" in flat
     assert "rotary position encoding instead of learned positions (default: True)" in flat
     code, out, _ = cli("train", "--preset", "cpu-baby", "--help")
     flat = " ".join(out.split())
