@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from tinygpt.models.gpt import KVCache
 
 
