@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tinygpt import runtime
-from tinygpt.config import ModelConfig, OptimConfig
+from tinygpt.config import ModelConfig, OptimConfig, resolve
+from tinygpt.errors import UserError
 from tinygpt.models.gpt import GPT
 from tinygpt.training.optim import BatchedMuon, make_optimizer, orthogonalise
 
@@ -51,6 +52,24 @@ def test_muon_orthogonalises_in_float32_without_native_bf16(native: bool) -> Non
     optimizer = make_optimizer(muon_model(), OptimConfig(optimizer="muon"), CPU)
     muon = optimizer.optimizers[0]
     assert muon.ns_dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_muon_ns_dtype_asked_for_is_taken_either_way(native: bool, capsys) -> None:
+    """float32 is faster for small matrices even on a CPU with native bfloat16 (cpu-fast);
+    bfloat16 asked for where it is not native works, with the slow-path warning."""
+    for name, expected in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        config = OptimConfig(optimizer="muon", muon_ns_dtype=name)
+        muon = make_optimizer(muon_model(), config, CPU).optimizers[0]
+        assert muon.ns_dtype == expected
+    err = capsys.readouterr().err
+    assert ("Muon's orthogonalisation in bfloat16 will be slow here" in err) is not native
+
+
+def test_a_preset_names_its_ns_dtype_and_a_bad_one_is_refused() -> None:
+    assert resolve(preset="cpu-fast").optim.muon_ns_dtype == "float32"
+    assert resolve(preset="cpu-10min").optim.muon_ns_dtype == "auto"
+    with pytest.raises(UserError, match=r"unknown optim\.muon_ns_dtype 'float16'"):
+        OptimConfig(muon_ns_dtype="float16")
 
 
 def test_autocast_auto_stays_float32_on_a_cpu_either_way(native: bool, capsys) -> None:

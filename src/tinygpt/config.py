@@ -165,6 +165,11 @@ class OptimConfig:
     muon_lr: float = option(0.02, "muon: peak learning rate of the hidden matrices")
     muon_momentum: float = option(0.95, "muon: momentum")
     muon_ns_steps: int = option(5, "muon: Newton-Schulz iterations per step (its cost)")
+    muon_ns_dtype: AutocastDtype = option(
+        "auto",
+        "muon: dtype of the Newton-Schulz products (auto: bfloat16 where it is fast, else "
+        "float32; a CPU multiplies small matrices faster in float32)",
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self, "optim.")

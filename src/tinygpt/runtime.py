@@ -139,6 +139,15 @@ def reduced_precision(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if bf16_is_fast(device) else torch.float32
 
 
+def newton_schulz_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype of Muon's orthogonalisation (optim.muon_ns_dtype): `auto` is
+    `reduced_precision`'s choice."""
+    if name == "bfloat16":
+        warn_if_bf16_is_slow(device, "Muon's orthogonalisation")
+        return torch.bfloat16
+    return torch.float32 if name == "float32" else reduced_precision(device)
+
+
 def warn_if_bf16_is_slow(device: torch.device, what: str) -> None:
     """One line on stderr when bfloat16 is asked for explicitly on a CPU without it."""
     if device.type == "cpu" and not cpu_has_native_bf16():

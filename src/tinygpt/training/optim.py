@@ -22,7 +22,7 @@ from torch.optim.adam import adam
 
 from tinygpt.config import OptimConfig
 from tinygpt.models import LanguageModel
-from tinygpt.runtime import reduced_precision
+from tinygpt.runtime import newton_schulz_dtype
 
 
 def parameter_groups(params: list[nn.Parameter], weight_decay: float) -> list[dict]:
@@ -324,7 +324,7 @@ def make_optimizer(
         weight_decay=config.weight_decay,
         momentum=config.muon_momentum,
         ns_steps=config.muon_ns_steps,
-        ns_dtype=reduced_precision(device),  # float32 on CPUs without native bfloat16
+        ns_dtype=newton_schulz_dtype(config.muon_ns_dtype, device),
     )
     return OptimizerPair(muon, adamw)
 
