@@ -318,20 +318,22 @@ def test_help_and_data_answer_without_importing_torch(argv: list[str], shakespea
 
 # torch's compiler cannot be imported: a run that does not compile must not need it
 WITHOUT_COMPILER = """
-import gc, sys
+import atexit, sys
 sys.modules["torch._dynamo"] = None
-from tinygpt.cli import main
+from tinygpt.cli import console
+atexit.register(print, "exit functions ran")
 try:
-    main()
+    console()
 finally:
-    print("frozen objects:", gc.get_freeze_count())
+    print("the interpreter went on after the command")
 """
 
 
 def test_a_run_that_does_not_compile_never_imports_the_compiler(shakespeare, tmp_path) -> None:
     """torch._dynamo takes 1.4 s to import on a 2-core CPU: the default recipe (Muon and
-    AdamW, its evaluations, checkpoints and sample) trains and ends without it, and the
-    console script's process ends without a last walk over its objects (gc.freeze)."""
+    AdamW, its evaluations, checkpoints and sample) trains and ends without it. The console
+    script's process then ends at once: its output whole and its exit functions run, but no
+    code after the command and no teardown of the interpreter."""
     done = subprocess.run(
         [sys.executable, "-c", WITHOUT_COMPILER, "train", "--out", tmp_path / "run",
          "--steps", "4", "--train.eval_interval", "2", "--train.sample_tokens", "20"],
@@ -339,4 +341,16 @@ def test_a_run_that_does_not_compile_never_imports_the_compiler(shakespeare, tmp
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "val split, all" in done.stdout and (tmp_path / "run" / "loss.png").exists()
-    assert int(done.stdout.rsplit("frozen objects:", 1)[1]) > 100_000  # torch's, at least
+    last_lines = f"sample with: tinygpt sample {tmp_path / 'run'}\nexit functions ran\n"
+    assert done.stdout.endswith(last_lines)
+    assert "went on" not in done.stdout
+
+
+def test_the_console_script_ends_with_the_commands_exit_status(tmp_path) -> None:
+    """A user's error: one line and status 2, through the fast end of the process too."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tinygpt", "sample", tmp_path / "no-such-run"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("tinygpt: error: ") and done.stderr.count("\n") == 1

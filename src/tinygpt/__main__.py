@@ -1,6 +1,6 @@
 """`python -m tinygpt`: the same command line as the `tinygpt` console script."""
 
-from tinygpt.cli import main
+from tinygpt.cli import console
 
 if __name__ == "__main__":
-    main()
+    console()
