@@ -26,7 +26,7 @@ Norm = Literal["layernorm", "rmsnorm"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "relu2"]  # gelu_tanh: GPT-2's own
 Schedule = Literal["constant", "cosine", "wsd"]
 Optimizer = Literal["adamw", "muon"]
-AutocastDtype = Literal["auto", "float32", "bfloat16"]
+ComputeDtype = Literal["auto", "float32", "bfloat16"]  # auto: bfloat16 where it pays
 WeightDtype = Literal["float32", "bfloat16"]
 WindowPolicy = Literal["exact", "shift"]
 DEVICES = ("auto", "cpu", "cuda", "mps")  # or cuda:N, which a Literal cannot say
@@ -165,7 +165,7 @@ class OptimConfig:
     muon_lr: float = option(0.02, "muon: peak learning rate of the hidden matrices")
     muon_momentum: float = option(0.95, "muon: momentum")
     muon_ns_steps: int = option(5, "muon: Newton-Schulz iterations per step (its cost)")
-    muon_ns_dtype: AutocastDtype = option(
+    muon_ns_dtype: ComputeDtype = option(
         "auto",
         "muon: dtype of the Newton-Schulz products (auto: bfloat16 where it is fast, else "
         "float32; a CPU multiplies small matrices faster in float32)",
@@ -206,7 +206,7 @@ class TrainConfig:
     log_interval: int = option(100, "write a training line to metrics.jsonl every this many steps")
     seed: int = option(1337, "seed for weights, batches and sampling")
     device: str = option("auto", f"device ({', '.join(DEVICES)}, or cuda:N)")
-    dtype: AutocastDtype = option(
+    dtype: ComputeDtype = option(
         "auto", "autocast dtype (auto: bfloat16 on CUDA if supported, else float32)"
     )
     compile: bool = option(False, "torch.compile the model")
