@@ -112,9 +112,11 @@ def test_openai_client_gets_the_text_of_tinygpt_sample(base_url: str, run_dir: P
         )
     )
     texts = [c.choices[0].text for c in chunks if c.choices]
-    assert len(texts) > 1 and "".join(texts) == expected
+    # how many chunks carry it depends on timing: steps the client has not read yet are sent
+    # as one chunk (streaming in several chunks: the stream-interval test below)
+    assert "".join(texts) == expected
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
-    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    assert finishes[-1] == "length" and set(finishes[:-1]) <= {None}
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 60
 
 
