@@ -57,7 +57,9 @@ def main() -> None:
         head = session.data.val[: args.whole_sample + 1]
         cfg = session.config
         began = time.perf_counter()
-        split_loss(session.model, head, cfg.model.block_size, cfg.train.batch_size, session.device)
+        split_loss(
+            session.saved_model, head, cfg.model.block_size, cfg.train.batch_size, session.device
+        )
         seconds = time.perf_counter() - began
         whole = seconds * (len(session.data.val) - 1) / (len(head) - 1)
         print(f"every val token (as before): {seconds:.1f} s for the first {len(head) - 1:,}, "

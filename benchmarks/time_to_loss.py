@@ -78,7 +78,7 @@ def one_run(
             with torch.autocast(
                 device.type, session.dtype or torch.float32, enabled=bool(session.dtype)
             ):  # eager: a compiled model would compile again for inference
-                val = split_loss(session.model, session.data.val, block, 64, device)
+                val = split_loss(session.saved_model, session.data.val, block, 64, device)
             curve.append((clock, session.step, val))
             print(
                 f"  {preset} seed {seed}: step {session.step}, {clock:.2f} s, val {val:.4f}",

@@ -65,7 +65,9 @@ def one_run(spec: str, budget: float, text: str) -> dict:
     loss = split_loss(session.forward, ids, config.model.block_size, 64, session.device)
     bpb = bits_per_byte(loss, len(ids) / len(text.encode("utf-8")))
     sampling = SampleConfig(max_new_tokens=400, seed=7)
-    sample = "".join(stream_text(session.model, tokenizer, "", config.model.block_size, sampling))
+    sample = "".join(
+        stream_text(session.saved_model, tokenizer, "", config.model.block_size, sampling)
+    )
     return {
         "steps": steps,
         "seconds": clock,

@@ -170,6 +170,11 @@ class OptimConfig:
         "muon: dtype of the Newton-Schulz products (auto: bfloat16 where it is fast, else "
         "float32; a CPU multiplies small matrices faster in float32)",
     )
+    ema: float = option(
+        0.0,
+        "decay of a moving average of the weights that evaluations score and checkpoints "
+        "save (0: none; 0.999: about the last thousand steps)",
+    )
 
     def __post_init__(self) -> None:
         _check_choices(self, "optim.")
@@ -184,6 +189,7 @@ class OptimConfig:
         _require(self.warmup_steps >= 0, "optim.warmup_steps must not be negative")
         _require(0 <= self.min_lr <= self.lr, "optim.min_lr must be in [0, lr]")
         _require(0 < self.decay_fraction <= 1, "optim.decay_fraction must be in (0, 1]")
+        _require(0 <= self.ema < 1, "optim.ema must be in [0, 1)")
 
 
 @dataclass

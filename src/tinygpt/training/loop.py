@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, TextIO
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from tinygpt.checkpoint import prune_checkpoints, save_checkpoint
@@ -59,6 +60,7 @@ from tinygpt.runtime import (
     set_rng_states,
 )
 from tinygpt.tokenizers import Tokenizer
+from tinygpt.training.averaging import moving_average
 from tinygpt.training.budget import REPLAN_EVERY, TimeBudget
 from tinygpt.training.metrics import MetricsLog, Throughput, require_tensorboard
 from tinygpt.training.optim import EagerOptimizer, LrSchedule, OptimizerPair, make_optimizer
@@ -84,11 +86,20 @@ class Session:
     elapsed_s: float = 0.0  # wall time of the run before this process (resumed runs)
     training_s: float = 0.0  # time in training steps, over all of the run's processes
     budget: TimeBudget | None = None  # plans the length of a time-limited run until its end
+    average: AveragedModel | None = None  # optim.ema: a moving average of the weights
 
     @property
     def planned_steps(self) -> int:
         """The run's length: train.steps, or what a time limit plans so far."""
         return self.schedule.total_steps
+
+    @property
+    def saved_model(self) -> LanguageModel:
+        """The model evaluations score and checkpoints save: the moving average of the
+        weights where optim.ema asks for one, else the one the optimizer trains."""
+        if self.average is None:
+            return self.model
+        return self.average.module  # type: ignore[return-value]  # a copy of self.model
 
 
 @contextlib.contextmanager
@@ -165,6 +176,8 @@ def setup(
     )
     if config.train.time_limit > 0:
         session.budget = TimeBudget(config.train.time_limit, config.train.steps)
+    if config.optim.ema > 0:
+        session.average = moving_average(model, config.optim.ema)
     return session
 
 
@@ -180,8 +193,9 @@ def _with_threads(config: RunConfig, group: Distributed) -> RunConfig:
 
 
 def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
-    """Everything besides the weights that exact resumption needs; tensors and numbers only."""
-    return {
+    """Everything besides the saved weights that exact resumption needs; tensors and numbers
+    only. Where the saved weights are an average (optim.ema), the trained ones too."""
+    state = {
         "step": session.step,
         "best_val_loss": session.best_val_loss,
         "elapsed_s": elapsed_s,
@@ -191,9 +205,14 @@ def train_state(session: Session, elapsed_s: float) -> dict[str, Any]:
         "batch_generator": session.generator.get_state(),
         "rng": rng_states(session.device),
     }
+    if session.average is not None:
+        state["trained_weights"] = session.model.state_dict()
+        state["averaged_steps"] = session.average.n_averaged
+    return state
 
 
 def restore_train_state(session: Session, state: dict[str, Any]) -> None:
+    """Put a checkpoint's training state back; the model holds the checkpoint's weights."""
     session.step = int(state["step"])
     session.best_val_loss = float(state["best_val_loss"])
     session.elapsed_s = float(state["elapsed_s"])
@@ -203,6 +222,10 @@ def restore_train_state(session: Session, state: dict[str, Any]) -> None:
     session.optimizer.load_state_dict(state["optimizer"])
     session.generator.set_state(state["batch_generator"])
     set_rng_states(state["rng"])
+    if session.average is not None:  # the checkpoint's weights are the average
+        session.average.module.load_state_dict(session.model.state_dict())
+        session.model.load_state_dict(state["trained_weights"])
+        session.average.n_averaged.copy_(state["averaged_steps"])
 
 
 def autocast(session: Session) -> contextlib.AbstractContextManager:
@@ -227,7 +250,7 @@ def score_whole_val(session: Session, stop: Callable[[], bool] = never) -> dict[
     `_bpb`, `_stderr`, `_tokens`): the end of a run stays short on a large corpus."""
     cfg, val = session.config, session.data.val
     tokens_per_byte = session.data.tokens_per_byte("val")
-    model, group = session.model, session.group
+    model, group = session.saved_model, session.group
     block_size, batch_size, device = cfg.model.block_size, cfg.train.batch_size, session.device
     with autocast(session):
         if len(val) - 1 <= cfg.train.whole_val_tokens:
@@ -263,7 +286,7 @@ def eval_rows(session: Session) -> int:
 def estimate(session: Session, stop: Callable[[], bool] = never) -> dict[str, float]:
     splits = {"train": session.data.train, "val": session.data.val}
     # a zero-initialised head at step 0: no batch can tell more than ln(vocabulary)
-    if (uniform := session.model.uniform_loss()) is not None:
+    if (uniform := session.saved_model.uniform_loss()) is not None:
         losses = {f"{split}_loss": uniform for split in splits}
     else:
         losses = _estimate_loss(session, splits, stop)
@@ -283,7 +306,7 @@ def _estimate_loss(
     cfg = session.config
     with autocast(session):
         return estimate_loss(
-            session.model,  # eager: a compiled model would also compile for inference
+            session.saved_model,  # eager: a compiled model would also compile for inference
             splits,
             n_batches=cfg.train.eval_batches,
             batch_size=cfg.train.batch_size,
@@ -335,6 +358,8 @@ def train_step(session: Session) -> StepResult:
         raise TrainingDiverged(session.step + 1, mean_loss, grad_norm, lr)
     session.optimizer.step()
     session.optimizer.zero_grad(set_to_none=True)
+    if session.average is not None:
+        session.average.update_parameters(session.model)
     session.step += 1
     took = time.perf_counter() - start
     session.training_s += took
@@ -549,8 +574,9 @@ def _save(
             "metrics": metrics,
         }
         state = train_state(session, elapsed_s)
-        save_checkpoint(step_folder(run_dir, step), session.model, train_state=state, **about)
+        model = session.saved_model
+        save_checkpoint(step_folder(run_dir, step), model, train_state=state, **about)
         if is_best:
-            save_checkpoint(RunDir(run_dir).best, session.model, **about)
+            save_checkpoint(RunDir(run_dir).best, model, **about)
         prune_checkpoints(run_dir, cfg.train.keep_checkpoints)
     barrier(session.group)

@@ -273,7 +273,8 @@ def _threads(session: Session) -> str:
 def print_sample(session: Session, max_new_tokens: int, out: TextIO) -> None:
     cfg = session.config
     sampling = SampleConfig(max_new_tokens=max_new_tokens, seed=cfg.train.seed)
-    pieces = stream_text(session.model, session.data.tokenizer, "", cfg.model.block_size, sampling)
+    model, tokenizer = session.saved_model, session.data.tokenizer
+    pieces = stream_text(model, tokenizer, "", cfg.model.block_size, sampling)
     stop_request.listen()  # a stop ends the sample at its next token, in one line
     try:
         for piece in pieces:
