@@ -21,17 +21,17 @@ from tinygpt.training.runs import resume, train
 from .conftest import assert_same_weights, metrics, tiny_config, tiny_values
 
 
-def test_the_average_moves_a_fraction_of_the_way_after_a_warm_up() -> None:
+def test_the_average_is_a_mean_at_first_then_moves_a_fraction_of_the_way() -> None:
     model = nn.Linear(3, 2)
     start = model.weight.detach().clone()
     average = moving_average(model, decay=0.9)
     average.update_parameters(model)  # the first update copies
     with torch.no_grad():
         model.weight.add_(1.0)
-    average.update_parameters(model)  # one update done: decay min(0.9, 2 / 11)
-    expected = start + 9 / 11
+    average.update_parameters(model)  # a plain mean of the two so far
+    expected = start + 0.5
     torch.testing.assert_close(average.module.weight, expected)
-    average.n_averaged.fill_(1000)  # long past the warm-up: the decay itself
+    average.n_averaged.fill_(1000)  # past 1 / (1 - decay) updates: the decay itself
     with torch.no_grad():
         model.weight.add_(1.0)
     average.update_parameters(model)

@@ -16,16 +16,15 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-WARMUP = 10  # the decay is at most (1 + n) / (WARMUP + n) after n updates
-
 
 def moving_average(model: nn.Module, decay: float) -> AveragedModel:
     """An average of `model`'s weights that `update_parameters(model)` moves after each
-    step. Its decay starts low and rises to `decay`, so that the first steps' average is not
-    mostly the starting weights (which a decay of 0.999 would keep for thousands of steps)."""
+    step. Until 1 / (1 - decay) updates it is their plain mean, and a moving average after:
+    a decay of 0.999 from the start would keep most of the starting weights for a thousand
+    steps, and the run's first evaluations would score them."""
 
     def fold_in(average: list[Tensor], current: list[Tensor], updates: Tensor | int) -> None:
-        done = int(updates)
-        torch._foreach_lerp_(average, current, 1 - min(decay, (1 + done) / (WARMUP + done)))
+        done = int(updates)  # n weights averaged so far: the next counts 1 / (n + 1)
+        torch._foreach_lerp_(average, current, 1 - min(decay, done / (done + 1)))
 
     return AveragedModel(model, multi_avg_fn=fold_in)  # type: ignore[arg-type]
