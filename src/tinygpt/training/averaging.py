@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+Tensors = tuple[Tensor, ...] | list[Tensor]  # what AveragedModel hands its averaging function
+
 
 def moving_average(model: nn.Module, decay: float) -> AveragedModel:
     """An average of `model`'s weights that `update_parameters(model)` moves after each
@@ -23,8 +25,8 @@ def moving_average(model: nn.Module, decay: float) -> AveragedModel:
     a decay of 0.999 from the start would keep most of the starting weights for a thousand
     steps, and the run's first evaluations would score them."""
 
-    def fold_in(average: list[Tensor], current: list[Tensor], updates: Tensor | int) -> None:
+    def fold_in(average: Tensors, current: Tensors, updates: Tensor | int) -> None:
         done = int(updates)  # n weights averaged so far: the next counts 1 / (n + 1)
         torch._foreach_lerp_(average, current, 1 - min(decay, done / (done + 1)))
 
-    return AveragedModel(model, multi_avg_fn=fold_in)  # type: ignore[arg-type]
+    return AveragedModel(model, multi_avg_fn=fold_in)

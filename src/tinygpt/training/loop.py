@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple, TextIO, cast
 
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ class Session:
         weights where optim.ema asks for one, else the one the optimizer trains."""
         if self.average is None:
             return self.model
-        return self.average.module  # type: ignore[return-value]  # a copy of self.model
+        return cast(LanguageModel, self.average.module)  # a copy of self.model
 
 
 @contextlib.contextmanager
