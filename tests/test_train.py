@@ -79,14 +79,18 @@ SPEED_PRESETS = ["cpu-fast", *COMPILED]
 def test_the_speed_presets_resume_bit_for_bit(shakespeare, tmp_path: Path, preset: str) -> None:
     # the presets' own recipes (Muon, smear and the pair table, value embeddings, a compiled
     # model), only shortened
+    threads = torch.get_num_threads()
+    # the thread count pinned: left to choose, each run would take the CPUs that other work
+    # leaves free at its start, and a count that differs between the two runs splits sums
+    # differently (the resumed half repeats its own run's count, not the other run's)
     short = {"steps": 8, "eval_interval": 4, "eval_batches": 2, "log_interval": 2,
-             "sample_tokens": 0, "whole_val": False, "device": "cpu"}  # fmt: skip
+             "sample_tokens": 0, "whole_val": False, "device": "cpu",
+             "threads": threads}  # fmt: skip
     overrides: dict = {"train": short}
     if preset == "gpu-fast":  # its switches, on a model small enough for a CPU
         short["batch_size"] = 2
         overrides["model"] = {"block_size": 32, "n_layer": 2}
     config = resolve(preset, overrides=overrides)
-    threads = torch.get_num_threads()
     train(config, tmp_path / "whole", out=io.StringIO())
     # a compiled CPU run switches deterministic algorithms on for itself, and off at its end
     assert not torch.are_deterministic_algorithms_enabled()
