@@ -155,12 +155,15 @@ def wait_until(
 
 # --- one tiny GPT for the tests that train: a few seconds of CPU ------------------------
 
+# Its thread count is pinned: left to choose, each run takes the CPUs that other work leaves
+# free at its start, and two runs that must agree bit for bit would split their sums apart
+# when the machine's load changes between them.
 TINY: dict[str, dict[str, object]] = {
     "model": {"arch": "gpt", "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 32,
               "dropout": 0.1},  # dropout on: an exact resume must restore the RNG too
     "optim": {"lr": 3e-3, "warmup_steps": 5, "schedule": "cosine", "min_lr": 3e-4},
     "train": {"steps": 40, "batch_size": 4, "eval_interval": 10, "eval_batches": 2,
-              "log_interval": 5, "sample_tokens": 0},
+              "log_interval": 5, "sample_tokens": 0, "threads": 2},
 }  # fmt: skip
 
 
