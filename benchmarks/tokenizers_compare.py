@@ -62,7 +62,7 @@ def one_run(spec: str, budget: float, text: str) -> dict:
         clock += time.perf_counter() - start
     tokenizer = session.data.tokenizer
     ids = tokenizer.encode_array(text)
-    loss = split_loss(session.forward, ids, config.model.block_size, 64, session.device)
+    loss = split_loss(session.saved_model, ids, config.model.block_size, 64, session.device)
     bpb = bits_per_byte(loss, len(ids) / len(text.encode("utf-8")))
     sampling = SampleConfig(max_new_tokens=400, seed=7)
     sample = "".join(
